@@ -1,0 +1,21 @@
+"""Architectures: plain ``nn.Module``s, no Lightning inside.
+
+Every architecture here follows one contract, which the CLI and the classifier rely on:
+
+- constructor arguments ``in_channels``, ``num_classes`` and ``input_size`` (linked from the datamodule);
+- an attribute ``num_outputs`` (1 for a single-logit binary classifier, else ``num_classes``);
+- submodules ``backbone`` (the feature extractor that fine-tuning freezes) and ``head`` (the classifier on
+  top), with ``forward(x) == head(backbone(x))``.
+"""
+
+from lightning_cnn.models.convnet import BatchNormCNN, ConvNet, FunctionalCNN, LeNet
+
+__all__ = ["ARCHITECTURES", "BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet"]
+
+#: The architectures the test suite sweeps, each with the input it is designed for.
+ARCHITECTURES = {
+    "lenet": LeNet,
+    "functional_cnn": FunctionalCNN,
+    "batchnorm_cnn": BatchNormCNN,
+    "convnet": ConvNet,
+}

@@ -1,0 +1,155 @@
+"""Keras-shaped building blocks: a convolution or dense layer fused with its activation and regularizers.
+
+Keras' ``Conv2D(..., activation="relu", kernel_regularizer=...)`` is one layer: weights, activation and
+penalties together, and its activity penalty sees the *activated* output. These blocks keep that unit so a
+model reads like the slides and the summary shows one row per Keras layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from torch import Tensor, nn
+
+from lightning_cnn.regularization import LayerRegularizers
+
+__all__ = [
+    "ACTIVATIONS",
+    "KERAS_BN_EPS",
+    "KERAS_BN_MOMENTUM",
+    "Conv2D",
+    "Dense",
+    "Padding",
+    "batch_norm",
+    "keras_init_",
+    "make_activation",
+]
+
+Padding = Literal["valid", "same"]
+
+# Keras BatchNormalization(momentum=0.99, epsilon=1e-3) updates moving = 0.99*moving + 0.01*batch;
+# torch's momentum is the weight of the *new* value, so Keras' 0.99 is torch's 0.01.
+KERAS_BN_MOMENTUM = 0.01
+KERAS_BN_EPS = 1e-3
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "leaky_relu": nn.LeakyReLU,
+    "selu": nn.SELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "linear": nn.Identity,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    """Build an activation from its Keras name.
+
+    Raises:
+        ValueError: If ``name`` is not a known activation.
+    """
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.") from None
+
+
+def batch_norm(num_features: int, keras_batchnorm: bool) -> nn.BatchNorm2d:
+    """BatchNorm2d with torch defaults, or with Keras' momentum/epsilon when ``keras_batchnorm``."""
+    if keras_batchnorm:
+        return nn.BatchNorm2d(num_features, eps=KERAS_BN_EPS, momentum=KERAS_BN_MOMENTUM)
+    return nn.BatchNorm2d(num_features)
+
+
+def keras_init_(module: nn.Module) -> None:
+    """Keras' initializers in place: glorot_uniform kernels and zero biases on every conv/linear layer."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+class _Regularized(nn.Module):
+    """A weighted layer followed by an activation, carrying Keras-style penalties.
+
+    ``penalty()`` returns the kernel and bias penalties (of trainable weights only, as Keras) plus the
+    activity penalty of the most recent forward pass.
+    """
+
+    layer: nn.Conv2d | nn.Linear
+
+    def __init__(self, activation: str, regularizers: Optional[LayerRegularizers]) -> None:
+        super().__init__()
+        self.activation = make_activation(activation)
+        self.regularizers = regularizers or LayerRegularizers()
+        self._activity_penalty: Optional[Tensor] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.activation(self.layer(x))
+        activity = self.regularizers.activity
+        # Keras divides the activity penalty by the batch size (the output's first dimension).
+        self._activity_penalty = activity(out) / out.shape[0] if activity else None
+        return out
+
+    def penalty(self) -> Optional[Tensor]:
+        terms = []
+        kernel, bias = self.regularizers.kernel, self.regularizers.bias
+        if kernel and self.layer.weight.requires_grad:
+            terms.append(kernel(self.layer.weight))
+        if bias and self.layer.bias is not None and self.layer.bias.requires_grad:
+            terms.append(bias(self.layer.bias))
+        if self._activity_penalty is not None:
+            terms.append(self._activity_penalty)
+        return sum(terms) if terms else None
+
+
+class Conv2D(_Regularized):
+    """Keras ``Conv2D``: a 2-D convolution, its activation and its regularizers.
+
+    Args:
+        in_channels: Input channels.
+        filters: Output channels.
+        kernel_size: Square kernel side.
+        padding: ``"valid"`` (no padding) or ``"same"`` (output keeps the input's size at stride 1).
+        activation: Keras activation name (``"linear"`` for none).
+        regularizers: Kernel/bias/activity penalties of this layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        kernel_size: int,
+        padding: Padding = "valid",
+        activation: str = "relu",
+        regularizers: Optional[LayerRegularizers] = None,
+    ) -> None:
+        super().__init__(activation, regularizers)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"Unknown padding {padding!r}; choose 'valid' or 'same'.")
+        self.layer = nn.Conv2d(in_channels, filters, kernel_size, padding=padding)
+
+
+class Dense(_Regularized):
+    """Keras ``Dense``: a linear layer, its activation and its regularizers.
+
+    Args:
+        in_features: Input width.
+        units: Output width.
+        activation: Keras activation name (``"linear"`` for none, as on a logits layer).
+        regularizers: Kernel/bias/activity penalties of this layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        units: int,
+        activation: str = "relu",
+        regularizers: Optional[LayerRegularizers] = None,
+    ) -> None:
+        super().__init__(activation, regularizers)
+        self.layer = nn.Linear(in_features, units)

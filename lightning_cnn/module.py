@@ -1,0 +1,143 @@
+"""One LightningModule that trains any architecture in :mod:`lightning_cnn.models` (or any ``nn.Module`` that
+maps images to logits).
+
+The loss is Keras' ``compile(loss=...)`` plus every regularization penalty, in training *and* evaluation, so
+``val/loss`` matches Keras' ``val_loss``. The data term and the penalty are also logged on their own as
+``{stage}/data_loss`` and ``{stage}/reg_loss``.
+
+Subclass it to change behaviour; the methods meant to be overridden are:
+
+- :meth:`compute_loss` — the data term of the loss (e.g. focal loss, label smoothing);
+- :meth:`shared_step` — what one train/val/test step does with a batch, returning the loss;
+- :meth:`regularization_loss` — the penalty added to the loss;
+- ``configure_optimizers`` — as in any LightningModule (a YAML ``optimizer:`` replaces it in the CLI).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import Accuracy
+
+from lightning_cnn.regularization import regularization_loss
+
+__all__ = ["ImageClassifier", "Stage"]
+
+Stage = Literal["train", "val", "test"]
+
+# Keras' compile(optimizer="adam") learning rate; used when neither the YAML nor a subclass chooses an optimizer.
+DEFAULT_LR = 1e-3
+
+
+class ImageClassifier(pl.LightningModule):
+    """Train, evaluate and predict with an image classification network.
+
+    A network with one output (``num_outputs == 1``, e.g. the slides' functional CNN) is trained as a binary
+    classifier with sigmoid + binary cross-entropy; otherwise softmax + cross-entropy over ``num_classes``.
+
+    Args:
+        net: The architecture, e.g. :class:`~lightning_cnn.models.LeNet`; in YAML, ``class_path`` + ``init_args``.
+        num_classes: Number of classes (linked from the datamodule by the CLI).
+        input_shape: ``(channels, height, width)`` of one image (linked from the datamodule); used for the
+            summary's output shapes.
+        penalty_in_eval_loss: Add the regularization penalty to ``val/loss`` and ``test/loss`` as Keras does.
+            Turn off to monitor the pure data loss.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        penalty_in_eval_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if isinstance(self.hparams.get("net"), nn.Module):
+            # Built in Python rather than by the CLI: the net's weights are in the state dict, and its
+            # constructor arguments are unknown here, so do not pickle it into the hyperparameters.
+            self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.penalty_in_eval_loss = penalty_in_eval_loss
+        self.binary = getattr(net, "num_outputs", num_classes) == 1
+        self.example_input_array = torch.zeros(1, *self.input_shape)
+
+        task = "binary" if self.binary else "multiclass"
+        self.train_acc = Accuracy(task=task, num_classes=num_classes)
+        self.val_acc = Accuracy(task=task, num_classes=num_classes)
+        self.test_acc = Accuracy(task=task, num_classes=num_classes)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The network's feature extractor (what fine-tuning freezes)."""
+        return self.net.backbone
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # --- the overridable pieces -------------------------------------------------------------------------------
+
+    def compute_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The data term of the loss: cross-entropy, or binary cross-entropy for a one-logit network."""
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(logits.reshape(-1), target.float())
+        return F.cross_entropy(logits, target)
+
+    def regularization_loss(self) -> Tensor:
+        """Keras-style penalties of the network (kernel, bias, and the last forward's activity penalties)."""
+        return regularization_loss(self.net)
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """Class probabilities, shape ``(N, num_classes)``; a one-logit network gives ``[1 - p, p]``."""
+        if self.binary:
+            p = torch.sigmoid(logits.reshape(-1, 1))
+            return torch.cat([1 - p, p], dim=1)
+        return logits.softmax(dim=1)
+
+    def shared_step(self, batch: Any, stage: Stage) -> Tensor:
+        """One step of ``stage`` on ``(images, targets)``: loss with penalty, accuracy, logging."""
+        x, y = batch
+        logits = self(x)
+        data_loss = self.compute_loss(logits, y)
+        reg_loss = self.regularization_loss()
+        include_penalty = stage == "train" or self.penalty_in_eval_loss
+        loss = data_loss + reg_loss if include_penalty else data_loss
+
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits.reshape(-1) if self.binary else logits, y)
+        on_step = stage == "train"
+        # sync_dist: under DDP every rank logs the mean over all ranks, so monitors agree across processes.
+        log = dict(on_step=on_step, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        self.log(f"{stage}/loss", loss, prog_bar=True, **log)
+        self.log(f"{stage}/data_loss", data_loss, **log)
+        self.log(f"{stage}/reg_loss", reg_loss, **log)
+        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=on_step, on_epoch=True)
+        return loss
+
+    # --- Lightning hooks (delegate) ----------------------------------------------------------------------------
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self.shared_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.probabilities(self(x))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam (lr 1e-3, Keras' ``optimizer="adam"``) over the trainable parameters.
+
+        In the CLI, a YAML ``optimizer:`` / ``lr_scheduler:`` replaces this.
+        """
+        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=DEFAULT_LR)
