@@ -1,0 +1,40 @@
+# Two commands do everything (see README):
+#   make quickstart   set up, then train the slides' LeNet on Fashion-MNIST and print its test accuracy
+#   make test         set up, then run the whole test suite (real-data accuracy tests included)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup data quickstart test test-fast lint clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install only when the project's dependencies change.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's package, so the quick start and the accuracy tests work offline. Elsewhere the
+# datamodule downloads it on first use.
+data:
+	@if [ -d $(FASHION_MNIST_DIR) ]; then echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST will be downloaded into ./data on first use"; fi
+
+quickstart: setup data
+	$(BIN)/python cli.py fit --config configs/lenet_fashion_mnist.yaml
+
+test: setup data
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,140 @@
+"""Every shipped YAML prints its config and runs `fit` for a few batches on tiny data in the real formats;
+the CLI links, checkpoints, summaries and errors behave as documented."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_cnn import ImageClassifier
+from lightning_cnn.cli import CNNCLI
+from tests.conftest import CONFIGS, REPO_ROOT, write_fake_cifar, write_fake_mnist
+
+# Experiments are the YAML files at the top of configs/ and in its sub-folders other than the reusable pieces.
+PIECES = {"data", "trainer"}
+EXPERIMENTS = sorted(
+    p for p in CONFIGS.rglob("*.yaml") if p.parent == CONFIGS or p.relative_to(CONFIGS).parts[0] not in PIECES
+)
+SMOKE = ["--trainer", str(CONFIGS / "trainer" / "smoke.yaml")]
+
+# Extra overrides a config needs to run offline in a few seconds (weights to fetch, very large inputs...).
+OFFLINE_OVERRIDES: dict[str, list[str]] = {}
+
+
+def _data_class(config: Path) -> str:
+    return yaml.safe_load(config.read_text())["data"]["class_path"]
+
+
+def _fake_data_for(config: Path, root: Path) -> list[str]:
+    data_class = _data_class(config)
+    if "CIFAR100" in data_class:
+        folder = write_fake_cifar(root / "cifar100", 100, n_per_batch=120)
+    elif "CIFAR10" in data_class:
+        folder = write_fake_cifar(root / "cifar10", 10)
+    elif "MNIST" in data_class:
+        folder = write_fake_mnist(root / "mnist")
+    else:
+        return []  # a datamodule that brings its own offline data
+    return ["--data.init_args.data_dir", str(folder), "--data.init_args.download", "false"]
+
+
+def run_cli(args: list[str]) -> CNNCLI:
+    return CNNCLI(args=args)
+
+
+def test_there_are_experiment_configs():
+    names = {p.name for p in EXPERIMENTS}
+    assert {"lenet_mnist.yaml", "lenet_fashion_mnist.yaml", "functional_cnn_binary.yaml", "bn_cnn_mnist.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_print_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and printed["data"]["class_path"]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_fits_a_few_batches(config, in_tmp, capsys):
+    args = ["fit", "--config", str(config), *SMOKE, *_fake_data_for(config, in_tmp)]
+    cli = run_cli(args + OFFLINE_OVERRIDES.get(config.name, []))
+    assert cli.trainer.state.finished
+    assert "Total params:" in capsys.readouterr().out
+    log_dir = Path(cli.trainer.log_dir)
+    assert (log_dir / "config.yaml").exists()
+    assert (log_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_bn_cnn_fit_prints_the_slides_summary(in_tmp, capsys):
+    run_cli(["fit", "--config", str(CONFIGS / "bn_cnn_mnist.yaml"), *SMOKE,
+             *_fake_data_for(CONFIGS / "bn_cnn_mnist.yaml", in_tmp)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Total params: 358,210" in out
+    assert "Trainable params: 357,770" in out
+    assert "Non-trainable params: 440" in out
+
+
+def test_links_fill_the_network_from_the_datamodule(in_tmp):
+    cli = CNNCLI(
+        args=[
+            "--config",
+            str(CONFIGS / "functional_cnn_binary.yaml"),
+            *_fake_data_for(CONFIGS / "lenet_mnist.yaml", in_tmp),
+        ],
+        run=False,
+    )
+    net = cli.model.net
+    assert (net.in_channels, net.num_classes, net.input_size, net.num_outputs) == (1, 2, (64, 64), 1)
+    assert cli.model.input_shape == (1, 64, 64) and cli.model.binary
+
+
+def test_checkpoint_reload_gives_the_same_predictions(in_tmp):
+    config = CONFIGS / "lenet_mnist.yaml"
+    cli = run_cli(
+        ["fit", "--config", str(config), *SMOKE, *_fake_data_for(config, in_tmp), "--test_after_fit", "false"]
+    )
+    last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    reloaded = ImageClassifier.load_from_checkpoint(last)  # rebuilds the net from the checkpoint alone
+    assert type(reloaded.net).__name__ == "LeNet"
+    assert reloaded.net.backbone.conv1.regularizers.kernel.l2 == pytest.approx(1e-4)
+    x = torch.randn(8, 1, 28, 28)
+    cli.model.eval()
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(cli.model.predict_step(x, 0), reloaded.predict_step(x, 0))
+
+
+def test_second_run_gets_its_own_version_folder(in_tmp):
+    config = CONFIGS / "lenet_mnist.yaml"
+    args = ["fit", "--config", str(config), *SMOKE, *_fake_data_for(config, in_tmp), "--test_after_fit", "false"]
+    first = Path(run_cli(args).trainer.log_dir)
+    first_config = (first / "config.yaml").read_text()
+    second = Path(run_cli(args).trainer.log_dir)
+    assert first != second and (first / "config.yaml").read_text() == first_config
+    assert (first / "checkpoints" / "last.ckpt").exists() and (second / "checkpoints" / "last.ckpt").exists()
+    assert (first / "metrics.csv").exists() and list(first.glob("events.out.tfevents*"))
+
+
+def test_unknown_yaml_key_fails_clearly(in_tmp, capsys):
+    bad = in_tmp / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    net:\n      init_args:\n        filterz: [4, 12]\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--config", str(bad)])
+    assert exit_info.value.code != 0
+    assert "filterz" in capsys.readouterr().err
+
+
+def test_summary_command_prints_without_training():
+    out = subprocess.run(
+        [sys.executable, "-m", "lightning_cnn.summary", "--config", str(CONFIGS / "bn_cnn_mnist.yaml")],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Total params: 358,210" in out.stdout and "bn1 (BatchNormalization)" in out.stdout
