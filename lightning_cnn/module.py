@@ -15,12 +15,14 @@ Subclass it to change behaviour; the methods meant to be overridden are:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
 from lightning_cnn.regularization import regularization_loss
@@ -56,10 +58,13 @@ class ImageClassifier(pl.LightningModule):
         penalty_in_eval_loss: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Under the CLI, the hyperparameters hold the net's config (class_path + init_args), from which
+        # `load_from_checkpoint` rebuilds it. Built in Python, `net` is an object whose constructor arguments are
+        # unknown; its weights are in the state dict, so it is left out rather than pickled.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
         if isinstance(self.hparams.get("net"), nn.Module):
-            # Built in Python rather than by the CLI: the net's weights are in the state dict, and its
-            # constructor arguments are unknown here, so do not pickle it into the hyperparameters.
             self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.num_classes = num_classes
@@ -72,6 +77,10 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc = Accuracy(task=task, num_classes=num_classes)
         self.val_acc = Accuracy(task=task, num_classes=num_classes)
         self.test_acc = Accuracy(task=task, num_classes=num_classes)
+        # Training figures are accumulated per step and logged once per epoch (shared_step).
+        self.train_loss = MeanMetric()
+        self.train_data_loss = MeanMetric()
+        self.train_reg_loss = MeanMetric()
 
     @property
     def backbone(self) -> nn.Module:
@@ -109,18 +118,43 @@ class ImageClassifier(pl.LightningModule):
         include_penalty = stage == "train" or self.penalty_in_eval_loss
         loss = data_loss + reg_loss if include_penalty else data_loss
 
+        preds = logits.reshape(-1) if self.binary else logits
+        if stage == "train":
+            # Each `self.log` call costs ~0.3 ms of Lightning bookkeeping, a twentieth of a small network's CPU step
+            # (benchmarks/throughput.py), and the logger only writes every `log_every_n_steps` anyway: the step
+            # loss is logged on those steps only, the epoch figures are accumulated and logged once per epoch.
+            if self._trainer is not None and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+                self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
+            self.train_acc.update(preds, y)
+            self.train_loss.update(loss.detach(), x.shape[0])
+            self.train_data_loss.update(data_loss.detach(), x.shape[0])
+            self.train_reg_loss.update(reg_loss.detach(), x.shape[0])
+            if self._trainer is not None and self.trainer.is_last_batch:
+                self._log_train_epoch_figures()  # here, so every callback's on_train_epoch_end sees them
+            return loss
+
         accuracy = getattr(self, f"{stage}_acc")
-        accuracy(logits.reshape(-1) if self.binary else logits, y)
-        on_step = stage == "train"
+        accuracy(preds, y)
         # sync_dist: under DDP every rank logs the mean over all ranks, so monitors agree across processes.
-        log = dict(on_step=on_step, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+        log = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         self.log(f"{stage}/loss", loss, prog_bar=True, **log)
         self.log(f"{stage}/data_loss", data_loss, **log)
         self.log(f"{stage}/reg_loss", reg_loss, **log)
-        self.log(f"{stage}/acc", accuracy, prog_bar=stage != "train", on_step=on_step, on_epoch=True)
+        self.log(f"{stage}/acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     # --- Lightning hooks (delegate) ----------------------------------------------------------------------------
+
+    def on_train_epoch_end(self) -> None:
+        self._log_train_epoch_figures()  # an epoch cut short (max_steps) has not logged them at its last batch
+
+    def _log_train_epoch_figures(self) -> None:
+        # compute() syncs the accumulated figures over DDP processes; reset() starts the next epoch afresh.
+        train = {"loss": self.train_loss, "data_loss": self.train_data_loss, "reg_loss": self.train_reg_loss}
+        for name, metric in (*train.items(), ("acc", self.train_acc)):
+            if metric.update_count:  # nothing accumulated: already logged this epoch, or no training batches
+                self.log(f"train/{name}_epoch", metric.compute(), prog_bar=name == "loss", on_step=False, on_epoch=True)
+            metric.reset()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")

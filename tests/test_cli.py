@@ -23,7 +23,18 @@ EXPERIMENTS = sorted(
 SMOKE = ["--trainer", str(CONFIGS / "trainer" / "smoke.yaml")]
 
 # Extra overrides a config needs to run offline in a few seconds (weights to fetch, very large inputs...).
-OFFLINE_OVERRIDES: dict[str, list[str]] = {}
+OFFLINE_OVERRIDES: dict[str, list[str]] = {
+    # ImageNet weights need the network; the 224×224 resize of the weights' preset is too slow for a smoke run.
+    "vgg16_finetune_cifar10.yaml": [
+        "--model.init_args.net.init_args.weights",
+        "none",
+        "--data.init_args.image_size",
+        "32",
+    ],
+    # The fake MNIST set is too small for these configs' 200-image validation split.
+    "finetune_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
+    "scratch_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
+}
 
 
 def _data_class(config: Path) -> str:
@@ -70,6 +81,19 @@ def test_config_fits_a_few_batches(config, in_tmp, capsys):
     log_dir = Path(cli.trainer.log_dir)
     assert (log_dir / "config.yaml").exists()
     assert (log_dir / "checkpoints" / "last.ckpt").exists()
+    assert (log_dir / "learning_curves.png").exists()
+
+
+def test_test_after_fit_draws_the_confusion_matrix_without_overwriting(in_tmp, capsys):
+    config = CONFIGS / "lenet_mnist.yaml"
+    cli = run_cli(["fit", "--config", str(config), *SMOKE, *_fake_data_for(config, in_tmp)])
+    log_dir = Path(cli.trainer.log_dir)
+    assert "test/acc" in cli.trainer.callback_metrics
+    first = (log_dir / "confusion_matrix.png").read_bytes()
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    assert (log_dir / "confusion_matrix.png").read_bytes() == first
+    assert (log_dir / "confusion_matrix_1.png").exists()
+    assert f"Saved confusion matrix: {log_dir / 'confusion_matrix_1.png'}" in capsys.readouterr().out
 
 
 def test_bn_cnn_fit_prints_the_slides_summary(in_tmp, capsys):

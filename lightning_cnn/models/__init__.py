@@ -8,9 +8,10 @@ Every architecture here follows one contract, which the CLI and the classifier r
   top), with ``forward(x) == head(backbone(x))``.
 """
 
+from lightning_cnn.models.backbones import TorchvisionNet
 from lightning_cnn.models.convnet import BatchNormCNN, ConvNet, FunctionalCNN, LeNet
 
-__all__ = ["ARCHITECTURES", "BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet"]
+__all__ = ["ARCHITECTURES", "BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet", "TorchvisionNet"]
 
 #: The architectures the test suite sweeps, each with the input it is designed for.
 ARCHITECTURES = {

@@ -1,0 +1,175 @@
+"""Training throughput on Fashion-MNIST with the slides' LeNet: plain PyTorch vs Lightning ``fit``, with and without
+the slides' Keras-style augmentation (per sample in DataLoader workers, and batched on the device).
+
+    python benchmarks/throughput.py [--batch-size 128] [--steps 300] [--warmup 30] [--rounds 3] [--device cpu]
+
+Every run uses the same model (LeNet with the slides' L2 penalties, Adam), batch size, data (the datamodule's
+loader) and number of steps; the first ``--warmup`` steps (worker start-up, allocator, first-call overheads) are
+not timed. Each mode runs ``--rounds`` times, interleaved; the ratios use each mode's best run (other work on
+the machine only ever slows a run down), and the median is printed beside it. ``fit`` runs without progress bar, logger, checkpointing and validation — what is left is the
+module's own ``self.log`` calls and torchmetrics accuracy, which a real run pays too. The last line is
+``fit/raw no-aug: X.XX  fit/raw keras-aug: Y.YY`` (Y: the faster augmented path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from lightning_cnn import ImageClassifier
+from lightning_cnn.augmentation import KerasAugmentation
+from lightning_cnn.data import FashionMNISTDataModule
+from lightning_cnn.models import LeNet
+from lightning_cnn.regularization import L1L2, LayerRegularizers, regularization_loss
+
+# The slides' ImageDataGenerator arguments.
+SLIDES_AUGMENTATION = dict(
+    rotation_range=20,
+    zoom_range=0.15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    horizontal_flip=True,
+    vertical_flip=True,
+)
+MODES = ("raw no-aug", "fit no-aug", "fit per-sample aug", "fit batched aug")
+
+
+def _net() -> LeNet:
+    torch.manual_seed(0)
+    l2 = LayerRegularizers(kernel=L1L2(l2=1e-4))  # the slides' kernel_regularizer=l2(1e-4) on both convs
+    return LeNet(layer_regularizers={"conv1": l2, "conv2": l2})
+
+
+def _datamodule(batch_size: int, augmentation: KerasAugmentation | None) -> FashionMNISTDataModule:
+    dm = FashionMNISTDataModule(batch_size=batch_size, val_split=0, augmentation=augmentation, download=False)
+    dm.prepare_data()
+    return dm
+
+
+def raw_loop(batch_size: int, warmup: int, steps: int, device: torch.device) -> float:
+    """A plain PyTorch training loop over the same loader; images/s over the timed steps."""
+    dm = _datamodule(batch_size, None)
+    dm.setup("fit")
+    net = _net().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    done, start = 0, None
+    while True:
+        for x, y in dm.train_dataloader():
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(net(x), y) + regularization_loss(net)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            elif done == warmup + steps:
+                _sync(device)
+                return steps * batch_size / (time.perf_counter() - start)
+
+
+class _Timer(pl.Callback):
+    """Times ``steps`` whole iterations (fetch + transfer + step) after ``warmup`` untimed ones."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start = self.elapsed = 0.0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        done = trainer.global_step
+        if done == self.warmup:
+            _sync(trainer.strategy.root_device)
+            self.start = time.perf_counter()
+        elif done == self.warmup + self.steps:
+            _sync(trainer.strategy.root_device)
+            self.elapsed = time.perf_counter() - self.start
+
+
+def lightning_fit(batch_size: int, warmup: int, steps: int, device: torch.device, augmentation=None) -> float:  # noqa: ANN001
+    """``Trainer.fit`` on the same model and data; images/s over the timed steps."""
+    dm = _datamodule(batch_size, augmentation)
+    model = ImageClassifier(_net())
+    timer = _Timer(warmup, steps)
+    trainer = pl.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=warmup + steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(model, datamodule=dm)
+    return steps * batch_size / timer.elapsed
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed steps before timing")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per mode (best and median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    warnings.filterwarnings("ignore")  # Lightning's advice about worker counts etc. would bury the table
+
+    runs: dict[str, Callable[[], float]] = {
+        "raw no-aug": lambda: raw_loop(args.batch_size, args.warmup, args.steps, device),
+        "fit no-aug": lambda: lightning_fit(args.batch_size, args.warmup, args.steps, device),
+        "fit per-sample aug": lambda: lightning_fit(
+            args.batch_size,
+            args.warmup,
+            args.steps,
+            device,
+            KerasAugmentation(**SLIDES_AUGMENTATION, mode="per_sample", seed=0),
+        ),
+        "fit batched aug": lambda: lightning_fit(
+            args.batch_size,
+            args.warmup,
+            args.steps,
+            device,
+            KerasAugmentation(**SLIDES_AUGMENTATION, mode="batched", seed=0),
+        ),
+    }
+    results: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            results[mode].append(runs[mode]())
+    median = {mode: statistics.median(values) for mode, values in results.items()}
+    best = {mode: max(values) for mode, values in results.items()}
+
+    workers = min(4, torch.multiprocessing.cpu_count())
+    print(
+        f"\nFashion-MNIST, LeNet, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
+        f"best of {args.rounds}, device {device}, torch threads {torch.get_num_threads()}, "
+        f"per-sample workers {workers}"
+    )
+    print(f"| {'mode':<20} | {'images/s (best)':>15} | {'images/s (median)':>17} | {'ratio to raw':>12} |")
+    print(f"|{'-' * 22}|{'-' * 17}|{'-' * 19}|{'-' * 14}|")
+    for mode in MODES:
+        ratio = best[mode] / best["raw no-aug"]
+        print(f"| {mode:<20} | {best[mode]:>15,.0f} | {median[mode]:>17,.0f} | {ratio:>12.2f} |")
+    best_aug = max(best["fit per-sample aug"], best["fit batched aug"])
+    raw = best["raw no-aug"]
+    print(f"fit/raw no-aug: {best['fit no-aug'] / raw:.2f}  fit/raw keras-aug: {best_aug / raw:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Pictures of a run: learning curves when ``fit`` ends, a confusion matrix when ``test`` ends.
+
+Both PNGs go into the run's log folder (next to ``config.yaml`` and ``metrics.csv``); their paths are printed.
+An existing picture is never overwritten: a second test of the same run writes ``confusion_matrix_1.png``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+__all__ = ["TrainingPlots", "free_path"]
+
+# (panel title, train metric, validation metric) for the learning-curve figure.
+_CURVES = (("loss", "train/loss_epoch", "val/loss"), ("accuracy", "train/acc_epoch", "val/acc"))
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if nothing is there yet, else the first free ``stem_N.suffix`` beside it."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+class TrainingPlots(pl.Callback):
+    """Writes ``learning_curves.png`` (loss and accuracy per epoch, train vs validation) after ``fit`` and
+    ``confusion_matrix.png`` (rows: true class, columns: predicted class, row-normalized) after ``test``.
+
+    Args:
+        learning_curves: Draw the learning curves.
+        confusion_matrix: Draw the test confusion matrix.
+    """
+
+    def __init__(self, learning_curves: bool = True, confusion_matrix: bool = True) -> None:
+        self.learning_curves = learning_curves
+        self.confusion_matrix = confusion_matrix
+        self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        self._confusion: Optional[Tensor] = None
+
+    # --- learning curves ---------------------------------------------------------------------------------------
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs after the epoch's validation, so both train and val epoch metrics are in callback_metrics.
+        for _title, *keys in _CURVES:
+            for key in keys:
+                value = trainer.callback_metrics.get(key)
+                if value is not None:
+                    self.history[key].append((trainer.current_epoch, float(value)))
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        folder = _log_folder(trainer)  # on every rank: it is a collective call under DDP
+        if self.learning_curves and trainer.is_global_zero and self.history:
+            _report("learning curves", self._draw_curves(folder))
+
+    def _draw_curves(self, folder: Path) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        fig, axes = plt.subplots(1, len(_CURVES), figsize=(5 * len(_CURVES), 3.6))
+        for ax, (title, *keys) in zip(axes, _CURVES):
+            for key, style in zip(keys, ("-o", "-s")):
+                if self.history.get(key):
+                    epochs, values = zip(*self.history[key])
+                    ax.plot(epochs, values, style, label=key.split("/")[0], markersize=4)
+            ax.set(title=title, xlabel="epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        return _save(fig, folder / "learning_curves.png")
+
+    # --- confusion matrix --------------------------------------------------------------------------------------
+
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = getattr(pl_module, "num_classes", 0)
+        self._confusion = torch.zeros(n, n, dtype=torch.long) if n else None
+
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if self._confusion is None or not self.confusion_matrix:
+            return
+        x, y = batch
+        with torch.no_grad():
+            predicted = pl_module.probabilities(pl_module(x)).argmax(dim=1)
+        index = y.cpu() * self._confusion.shape[0] + predicted.cpu()
+        self._confusion += torch.bincount(index, minlength=self._confusion.numel()).reshape(self._confusion.shape)
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._confusion is None or not self.confusion_matrix:
+            return
+        confusion = trainer.strategy.reduce(self._confusion.to(pl_module.device).float(), reduce_op="sum").cpu()
+        folder = _log_folder(trainer)
+        if trainer.is_global_zero:
+            names = getattr(trainer.datamodule, "label_names", None) or [str(i) for i in range(len(confusion))]
+            _report("confusion matrix", self._draw_confusion(folder, confusion, names))
+
+    def _draw_confusion(self, folder: Path, confusion: Tensor, names: list[str]) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rates = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
+        n = len(names)
+        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+        image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+        if n <= 20:  # beyond that the labels and numbers are unreadable; the colours still tell the story
+            ax.set_xticks(range(n), names, rotation=45, ha="right")
+            ax.set_yticks(range(n), names)
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")  # fmt: skip
+        accuracy = confusion.diag().sum() / confusion.sum().clamp(min=1)
+        ax.set(xlabel="predicted", ylabel="true", title=f"test confusion matrix (accuracy {accuracy:.3f})")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        return _save(fig, folder / "confusion_matrix.png")
+
+
+def _log_folder(trainer: pl.Trainer) -> Path:
+    # trainer.log_dir broadcasts rank 0's folder: every rank must call it, or DDP waits forever.
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path = free_path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _report(what: str, path: Path) -> None:
+    print(f"Saved {what}: {path}", flush=True)

@@ -1,0 +1,27 @@
+"""LightningDataModules for the course's datasets; all share :class:`ImageDataModule`."""
+
+from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule, InMemoryImageDataset
+from lightning_cnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lightning_cnn.data.folder import ImageFolderDataModule
+from lightning_cnn.data.mnist import FashionMNISTDataModule, MNISTDataModule
+
+__all__ = [
+    "DATAMODULES",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "CorruptDataError",
+    "DataNotFoundError",
+    "FashionMNISTDataModule",
+    "ImageDataModule",
+    "ImageFolderDataModule",
+    "InMemoryImageDataset",
+    "MNISTDataModule",
+]
+
+#: The datamodules the test suite sweeps.
+DATAMODULES = {
+    "mnist": MNISTDataModule,
+    "fashion_mnist": FashionMNISTDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+}

@@ -1,0 +1,494 @@
+"""The shared DataModule for in-memory image datasets (MNIST, Fashion-MNIST, CIFAR-10/100).
+
+Subclasses differ by data, not code: class-level tables (channels, size, mean/std, class names, where a system
+copy may live) plus two methods, ``_find`` (locate the files) and ``_read`` (parse them into arrays).
+
+Where data comes from, in order:
+
+1. ``data_dir``, when it holds the files;
+2. a system copy (``system_dirs``; e.g. Debian's ``dataset-fashion-mnist`` package);
+3. a download into ``data_dir`` (default ``./data``) in ``prepare_data`` — once per node, on local rank 0.
+
+Images stay uint8 in memory; each batch is cut out of the array in one indexing operation and turned into
+floats there (``__getitems__``), which keeps the loader far faster than the model on small images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_cnn.augmentation import Augmentation, seed_worker
+from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
+
+__all__ = ["CorruptDataError", "DataNotFoundError", "ImageArrays", "ImageDataModule", "InMemoryImageDataset"]
+
+DEFAULT_DATA_DIR = "data"
+# With a per-sample augmentation the loader, not the model, is the bottleneck on small images.
+_AUTO_WORKERS_WITH_TRANSFORM = 4
+# Batches each augmenting worker keeps ready: evens out the per-batch cost of per-sample augmentation.
+_PREFETCH_WITH_TRANSFORM = 4
+
+
+class DataNotFoundError(RuntimeError):
+    """The dataset's files are neither present nor downloadable."""
+
+
+class CorruptDataError(RuntimeError):
+    """A dataset file exists but cannot be parsed."""
+
+
+class ImageArrays:
+    """A split as arrays: ``images`` uint8 ``(N, H, W, C)``, ``labels`` int64 ``(N,)``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(f"images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.astype(np.int64)
+
+
+def _collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    # The dataset already returns a whole batch from __getitems__; nothing to stack.
+    return batch
+
+
+class InMemoryImageDataset(Dataset):
+    """Images held as one uint8 tensor; indexing a list of indices returns a ready float batch.
+
+    Args:
+        images: uint8 ``(N, C, H, W)``.
+        labels: int64 ``(N,)``.
+        mean: Per-channel mean in [0, 1] units, or ``None`` for plain scaling to [0, 1].
+        std: Per-channel std, with ``mean``.
+        to_rgb: Repeat a single channel three times.
+        transform: Per-sample augmentation on an ``(H, W, C)`` uint8 array, called as Albumentations
+            transforms are (``transform(image=array)["image"]``); it must keep uint8 and the image size.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        to_rgb: bool = False,
+        transform: Optional[Callable[..., dict[str, Any]]] = None,
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.to_rgb = to_rgb
+        self.transform = transform
+        channels = 3 if to_rgb else images.shape[1]
+        self.mean = (
+            None if mean is None else torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+        )
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _augment(self, images: Tensor) -> Tensor:
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        out = [self.transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
+        stacked = torch.from_numpy(np.stack(out))
+        if stacked.ndim == 3:  # single-channel transforms may drop the channel axis
+            stacked = stacked.unsqueeze(-1)
+        return stacked.permute(0, 3, 1, 2)
+
+    def to_float(self, images: Tensor) -> Tensor:
+        """uint8 ``(N, C, H, W)`` -> normalized float32, with the channel expansion."""
+        x = images.float().div_(255.0)
+        if self.to_rgb and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x.contiguous()
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices)
+        images = self.images[index]
+        if self.transform is not None:
+            images = self._augment(images)
+        return self.to_float(images), self.labels[index]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base DataModule: loading, class subsets, resizing, seeded splits and loaders for one image dataset.
+
+    Args:
+        data_dir: Folder with the dataset's files, or where to download them (default ``./data``).
+        batch_size: Samples per batch *per process* (under DDP the global batch is ``batch_size × world size``).
+            Ignored when ``global_batch_size`` is set.
+        global_batch_size: Samples per optimizer step summed over all processes; each process loads
+            ``global_batch_size / world_size``, so a config trains the same on 1 or N devices. ``None`` uses
+            ``batch_size`` per process.
+        num_workers: DataLoader worker processes; ``None`` picks 0 without a per-sample transform (batches are
+            cut from memory faster than a worker could ship them) and up to 4 with one.
+        val_split: Validation set taken from the training data: a fraction in (0, 1), a count (int ≥ 1), or 0
+            for none.
+        val_split_mode: ``"random"`` (seeded permutation, class-balanced in expectation) or ``"last"`` (Keras'
+            ``validation_split``: the last samples of the training arrays, before any shuffling).
+        train_size: Keep only this many (int) or this fraction (float) of the remaining training samples,
+            seeded — for small-data experiments and quick runs.
+        normalize: Standardize with the dataset's mean/std; otherwise only scale to [0, 1] (as the slides do).
+        normalize_from_weights: Preprocess as pretrained torchvision weights expect, read from their own
+            ``transforms()`` (e.g. ``"VGG16_Weights.IMAGENET1K_V1"``): their mean/std replace the dataset's (implies
+            ``normalize``), their crop size is the default ``image_size``, and grayscale images are repeated to 3
+            channels.
+        image_size: Resize to this side (int) or ``(height, width)``; ``None`` keeps the native size.
+        classes: Keep only these labels (original ids), relabelled 0..k-1 in the given order; two classes make
+            a binary task.
+        to_rgb: Repeat a single channel to 3 (for networks pretrained on RGB).
+        seed: Seed of the split and the subsets; the same seed gives the same split on every process.
+        download: Allow downloading when the files are missing.
+        pin_memory: Pin host memory for faster copies to the GPU; ``None`` turns it on when CUDA is available.
+        persistent_workers: Keep workers between epochs; ``None`` turns it on whenever there are workers.
+        train_transform: Per-sample augmentation for the training split only (Albumentations-style callable on
+            an ``(H, W, C)`` uint8 array, keeping size and dtype).
+        augmentation: Training augmentation from YAML (train split only), e.g.
+            :class:`~lightning_cnn.augmentation.KerasAugmentation` (the slides' ``ImageDataGenerator``;
+            ``mode: per_sample`` in the DataLoader workers, or ``batched`` on the device after the transfer) or
+            :class:`~lightning_cnn.augmentation.AlbumentationsAugmentation` (any pipeline). Not with
+            ``train_transform``.
+
+    Raises:
+        ValueError: On a bad option value (the message names it and the fix).
+        DataNotFoundError: In ``prepare_data``/``setup`` when the files are missing and cannot be downloaded.
+    """
+
+    #: Short dataset name used in messages and the download folder.
+    name: ClassVar[str] = "images"
+    channels: ClassVar[int] = 1
+    native_size: ClassVar[tuple[int, int]] = (28, 28)
+    mean: ClassVar[tuple[float, ...]] = (0.5,)
+    std: ClassVar[tuple[float, ...]] = (0.5,)
+    class_names: ClassVar[tuple[str, ...]] = ()
+    #: Folders a system package may have installed the files in, tried after ``data_dir``.
+    system_dirs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        data_dir: Optional[str] = None,
+        batch_size: int = 128,
+        num_workers: Optional[int] = None,
+        val_split: Union[int, float] = 0.1,
+        val_split_mode: Literal["random", "last"] = "random",
+        train_size: Union[int, float, None] = None,
+        normalize: bool = True,
+        normalize_from_weights: Optional[str] = None,
+        image_size: Union[int, tuple[int, int], None] = None,
+        classes: Optional[list[int]] = None,
+        to_rgb: bool = False,
+        seed: int = 42,
+        download: bool = True,
+        pin_memory: Optional[bool] = None,
+        persistent_workers: Optional[bool] = None,
+        train_transform: Optional[Callable[..., dict[str, Any]]] = None,
+        global_batch_size: Optional[int] = None,
+        augmentation: Optional[Augmentation] = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["train_transform"])
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}; use a positive number of samples per batch.")
+        if global_batch_size is not None and global_batch_size < 1:
+            raise ValueError(f"global_batch_size={global_batch_size}; use a positive number of samples per step.")
+        if num_workers is not None and num_workers < 0:
+            raise ValueError(f"num_workers={num_workers}; use 0 (load in the main process) or more.")
+        _check_split_size(val_split, "val_split", allow_zero=True)
+        if train_size is not None:
+            _check_split_size(train_size, "train_size", allow_zero=False)
+        if val_split_mode not in ("random", "last"):
+            raise ValueError(f"val_split_mode={val_split_mode!r}; choose 'random' or 'last'.")
+        self.classes = _check_classes(classes, len(self.class_names), type(self).__name__)
+        self.image_size = _as_size(image_size) if image_size is not None else self.native_size
+        self.normalize_from_weights = normalize_from_weights
+        if normalize_from_weights:
+            from lightning_cnn.models.backbones import weights_preprocessing  # imports torchvision only when used
+
+            self.mean, self.std, weights_size = weights_preprocessing(normalize_from_weights)
+            self.image_size = _as_size(image_size) if image_size is not None else weights_size
+            normalize = True
+            to_rgb = to_rgb or (self.channels == 1 and len(self.mean) == 3)
+
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_split = val_split
+        self.val_split_mode = val_split_mode
+        self.train_size = train_size
+        self.normalize = normalize
+        self.to_rgb = to_rgb
+        self.seed = seed
+        self.download = download
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.train_transform = train_transform
+        self.global_batch_size = global_batch_size
+        if augmentation is not None and train_transform is not None:
+            raise ValueError("both train_transform and augmentation are set; give the augmentation in one of them.")
+        self.augmentation = augmentation
+        #: Applied to training batches on the device (``augmentation`` in ``batched`` mode), built in ``setup``.
+        self.batch_augment: Optional[Callable[[Tensor], Tensor]] = None
+
+        self.train_set: Optional[InMemoryImageDataset] = None
+        self.val_set: Optional[InMemoryImageDataset] = None
+        self.test_set: Optional[InMemoryImageDataset] = None
+
+    # --- what the CLI links into the model ---------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.classes else len(self.class_names)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image as the model sees it."""
+        return (3 if self.to_rgb else self.channels, *self.image_size)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.class_names[c] for c in self.classes] if self.classes else list(self.class_names)
+
+    # --- subclass interface ------------------------------------------------------------------------------------
+
+    def _find(self, folder: Path) -> Optional[Path]:
+        """Return the folder that holds this dataset's files under ``folder``, or ``None``."""
+        raise NotImplementedError
+
+    def _read(self, folder: Path) -> tuple[ImageArrays, ImageArrays]:
+        """Parse the files found by ``_find`` into (train, test) arrays."""
+        raise NotImplementedError
+
+    def _download(self, folder: Path) -> None:
+        """Fetch the files into ``folder`` (called on one process per node)."""
+        raise NotImplementedError
+
+    # --- locating and fetching ---------------------------------------------------------------------------------
+
+    def _candidate_dirs(self) -> list[Path]:
+        dirs = [Path(self.data_dir or DEFAULT_DATA_DIR).expanduser()]
+        return dirs + [Path(d) for d in self.system_dirs]
+
+    def locate(self) -> Optional[Path]:
+        """The folder the data will be read from, or ``None`` if it still has to be downloaded."""
+        for folder in self._candidate_dirs():
+            if folder.is_dir():
+                found = self._find(folder)
+                if found is not None:
+                    return found
+        return None
+
+    def _not_found(self, reason: str) -> DataNotFoundError:
+        places = ", ".join(str(d) for d in self._candidate_dirs())
+        return DataNotFoundError(
+            f"{self.name} not found (looked in: {places}) and {reason}. Fix: set data.data_dir to a folder holding "
+            f"the {self.name} files, or run once with network access and data.download: true"
+            + (
+                ", or use FashionMNISTDataModule, which reads Debian's dataset-fashion-mnist package offline."
+                if self.name != "Fashion-MNIST"
+                else ", or install Debian's dataset-fashion-mnist package."
+            )
+        )
+
+    def prepare_data(self) -> None:
+        if self.locate() is not None:
+            return
+        if not self.download:
+            raise self._not_found("data.download is false")
+        target = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser()
+        try:
+            self._download(target)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            raise self._not_found(f"downloading it failed ({type(err).__name__}: {err})") from err
+
+    # --- building the splits -----------------------------------------------------------------------------------
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:  # setup may be called once per stage; the splits never change
+            return
+        folder = self.locate()
+        if folder is None:
+            raise self._not_found("prepare_data did not fetch it (data.download may be false)")
+        train, test = self._read(folder)
+        train_images, train_labels = self._prepare(train)
+        test_images, test_labels = self._prepare(test)
+
+        generator = torch.Generator().manual_seed(self.seed)
+        n = len(train_labels)
+        n_val = _count(self.val_split, n)
+        if n_val >= n:
+            raise ValueError(f"val_split={self.val_split} leaves no training samples out of {n}; use a smaller value.")
+        order = torch.arange(n) if self.val_split_mode == "last" else torch.randperm(n, generator=generator)
+        train_idx, val_idx = order[: n - n_val], order[n - n_val :]
+        if self.train_size is not None:
+            keep = _count(self.train_size, len(train_idx))
+            train_idx = train_idx[torch.randperm(len(train_idx), generator=generator)[:keep]]
+
+        make = self._dataset
+        self.train_set = make(train_images[train_idx], train_labels[train_idx], self.train_transform)
+        if self.augmentation is not None:
+            self._build_augmentation(self.train_set)
+        self.val_set = make(train_images[val_idx], train_labels[val_idx]) if n_val else None
+        self.test_set = make(test_images, test_labels)
+
+    def _prepare(self, split: ImageArrays) -> tuple[Tensor, Tensor]:
+        """Class subset and relabelling, then resize; returns uint8 ``(N, C, H, W)`` and int64 labels."""
+        images, labels = split.images, split.labels
+        if self.classes:
+            keep = np.isin(labels, self.classes)
+            images, labels = images[keep], labels[keep]
+            remap = np.full(len(self.class_names), -1, dtype=np.int64)
+            remap[self.classes] = np.arange(len(self.classes))
+            labels = remap[labels]
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = _resize_uint8(x, self.image_size)
+        return x, torch.from_numpy(labels)
+
+    def _dataset(self, images: Tensor, labels: Tensor, transform: Optional[Callable] = None) -> InMemoryImageDataset:
+        mean, std = (self.mean, self.std) if self.normalize else (None, None)
+        return InMemoryImageDataset(images, labels, mean, std, self.to_rgb, transform)
+
+    def _build_augmentation(self, train_set: InMemoryImageDataset) -> None:
+        seed = self.augmentation.resolve_seed(self.trainer.global_rank if self.trainer is not None else 0)
+        train_set.transform = self.augmentation.per_sample_transform(seed)
+        self.batch_augment = self.augmentation.batch_transform(seed, train_set.mean, train_set.std)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Training batches only: validation, test, prediction and the sanity check see the data as it is.
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return self.batch_augment(images), labels
+        return batch
+
+    # --- loaders -----------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Optional[InMemoryImageDataset], shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        workers = self.num_workers
+        if workers is None:
+            workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if dataset.transform is not None else 0
+        persistent = self.persistent_workers if self.persistent_workers is not None else workers > 0
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        augmenting = dataset.transform is not None and workers > 0
+        if shuffle:  # the training order: seeded, sharded over processes, resumable mid-epoch
+            world_size, rank = _world(self)
+            sampler = ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+            return ResumableDataLoader(
+                dataset,
+                sampler=sampler,
+                batch_size=self.per_process_batch_size(world_size),
+                num_workers=workers,
+                persistent_workers=persistent and workers > 0,
+                pin_memory=pin,
+                collate_fn=_collate_batch,
+                worker_init_fn=seed_worker if augmenting else None,
+                prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.per_process_batch_size(_world(self)[0]),
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=persistent and workers > 0,
+            pin_memory=pin,
+            collate_fn=_collate_batch,
+            worker_init_fn=seed_worker if augmenting else None,
+            prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
+        )
+
+    def per_process_batch_size(self, world_size: int) -> int:
+        """Each process' batch: ``global_batch_size / world_size`` when a global size is set, else ``batch_size``.
+
+        Raises:
+            ValueError: If ``global_batch_size`` is not a multiple of ``world_size``.
+        """
+        if self.global_batch_size is None:
+            return self.batch_size
+        if self.global_batch_size % world_size:
+            raise ValueError(
+                f"global_batch_size={self.global_batch_size} does not split over {world_size} processes; use a "
+                f"multiple of {world_size} (devices × nodes), or set data.batch_size (per process) instead."
+            )
+        return self.global_batch_size // world_size
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> Union[DataLoader, list]:
+        if self.train_set is not None and self.val_set is None:
+            return []  # val_split is 0: an empty list tells Lightning to skip validation
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+def _world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
+    """``(world_size, global_rank)`` of the attached trainer; ``(1, 0)`` when used without one."""
+    trainer = datamodule.trainer
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
+def _as_size(size: Union[int, Sequence[int]]) -> tuple[int, int]:
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"image_size={size!r}; use a positive int or [height, width].")
+    return hw  # type: ignore[return-value]
+
+
+def _check_split_size(value: Union[float, int], name: str, allow_zero: bool) -> None:
+    # A whole float >= 1 is a count (200.0 reads as 200 samples), as a YAML number may arrive as a float.
+    ok = (isinstance(value, float) and (0.0 < value < 1.0 or (value >= 1 and value.is_integer()))) or (
+        isinstance(value, int) and value >= 1
+    )
+    if allow_zero and value == 0:
+        ok = True
+    if isinstance(value, bool) or not ok:
+        zero = ", or 0 for none" if allow_zero else ""
+        raise ValueError(f"{name}={value!r}; use a fraction in (0, 1) or a count >= 1{zero}.")
+
+
+def _check_classes(classes: Optional[list[int]], total: int, owner: str) -> Optional[list[int]]:
+    if classes is None:
+        return None
+    classes = list(classes)
+    bad = [c for c in classes if not 0 <= c < total]
+    if bad or len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"classes={classes} for {owner}; give at least 2 distinct label ids in 0..{total - 1}.")
+    return classes
+
+
+def _count(size: Union[float, int], n: int) -> int:
+    return int(round(size * n)) if isinstance(size, float) and size < 1 else min(int(size), n)
+
+
+def _resize_uint8(images: Tensor, size: tuple[int, int], chunk: int = 4096) -> Tensor:
+    """Bilinear (antialiased) resize of a uint8 ``(N, C, H, W)`` tensor, in chunks to bound memory."""
+    out = torch.empty((images.shape[0], images.shape[1], *size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].float()
+        resized = F.interpolate(block, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out

@@ -1,0 +1,145 @@
+"""Look at a config's training augmentation before a long run: a PNG grid of original vs augmented samples.
+
+``python -m lightning_cnn.preview --config configs/augment_lenet_fashion_mnist.yaml [--out path.png]``
+
+The datamodule is built exactly as ``cli.py fit`` builds it (same config files and ``--data.…`` overrides), so the
+picture shows what the network will be fed: each row is one training image — first as validation/test see it,
+then several augmented draws. An existing file is never replaced without ``--overwrite``; a free name is chosen
+instead. The path written is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["free_path", "main", "preview_grid"]
+
+DEFAULT_DIR = Path("runs") / "preview"
+
+
+def free_path(path: Path) -> Path:
+    """``path`` if it does not exist, else the first free ``stem_1.png``, ``stem_2.png``… next to it."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    return candidate
+
+
+def _pick(labels: Tensor, count: int) -> list[int]:
+    """The first image of each class, then the next ones, up to ``count`` — a varied, repeatable choice."""
+    chosen: list[int] = []
+    for label in labels.unique().tolist():
+        if len(chosen) < count:
+            chosen.append(int((labels == label).nonzero()[0]))
+    rest = [i for i in range(len(labels)) if i not in set(chosen)]
+    return sorted(chosen + rest[: count - len(chosen)])
+
+
+def _to_display(x: Tensor, mean: Optional[Tensor], std: Optional[Tensor]) -> Tensor:
+    """Normalized float ``(N, C, H, W)`` → ``(N, H, W, C)`` in [0, 1]."""
+    if mean is not None:
+        x = x * std + mean
+    return x.clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+
+def preview_grid(datamodule, samples: int = 8, variants: int = 5) -> tuple[Tensor, Tensor, list[str]]:  # noqa: ANN001
+    """Originals ``(S, H, W, C)``, augmented ``(V, S, H, W, C)`` and row titles, from a set-up datamodule.
+
+    Raises:
+        ValueError: If the datamodule has no training augmentation.
+    """
+    dataset = datamodule.train_set
+    batch_augment = getattr(datamodule, "batch_augment", None)
+    if dataset.transform is None and batch_augment is None:
+        raise ValueError(
+            f"{type(datamodule).__name__} has no training augmentation; set data.init_args.augmentation in the config "
+            "(see configs/augment_lenet_fashion_mnist.yaml)."
+        )
+    index = _pick(dataset.labels, min(samples, len(dataset)))
+    original = dataset.to_float(dataset.images[index])
+    augmented = []
+    for _ in range(variants):
+        if batch_augment is not None:
+            augmented.append(batch_augment(original))
+        else:
+            augmented.append(dataset.__getitems__(index)[0])
+    names = datamodule.label_names
+    titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in dataset.labels[index]]
+    mean, std = dataset.mean, dataset.std
+    return _to_display(original, mean, std), torch.stack([_to_display(a, mean, std) for a in augmented]), titles
+
+
+def _draw(original: Tensor, augmented: Tensor, titles: list[str], heading: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols = original.shape[0], augmented.shape[0] + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.2, 1.3 * rows + 0.6), squeeze=False)
+    gray = original.shape[-1] == 1
+    for r in range(rows):
+        for c in range(cols):
+            image = original[r] if c == 0 else augmented[c - 1, r]
+            ax = axes[r][c]
+            ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("original" if c == 0 else f"augmented {c}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(titles[r], fontsize=8)
+    fig.suptitle(heading, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> Path:
+    """Entry point: parse the options, build the datamodule through the CLI, write and print the PNG path."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_cnn.preview",
+        description="Write a PNG grid of original vs augmented training samples for a config. Other arguments "
+        "(--data.init_args.…, more --config files) are passed to the CLI as for `cli.py fit`.",
+    )
+    parser.add_argument("--config", action="append", required=True, help="experiment YAML (repeatable)")
+    parser.add_argument("--out", type=Path, default=None, help=f"PNG path (default {DEFAULT_DIR}/<config>.png)")
+    parser.add_argument("--samples", type=int, default=8, help="training images, one per row (default 8)")
+    parser.add_argument("--variants", type=int, default=5, help="augmented draws per image (default 5)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    options, rest = parser.parse_known_args(argv)
+    if options.samples < 1 or options.variants < 1:
+        parser.error(f"--samples={options.samples} --variants={options.variants}; both must be at least 1.")
+
+    from lightning_cnn.cli import CNNCLI
+
+    cli_args = [arg for config in options.config for arg in ("--config", config)] + rest
+    cli = CNNCLI(args=cli_args, run=False)
+    datamodule = cli.datamodule
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    original, augmented, titles = preview_grid(datamodule, options.samples, options.variants)
+
+    target = options.out or DEFAULT_DIR / f"{Path(options.config[-1]).stem}.png"
+    path = target if options.overwrite else free_path(target)
+    if path != target:
+        print(f"{target} exists; writing {path} instead (pass --overwrite to replace it).", file=sys.stderr)
+    augmentation = datamodule.augmentation
+    heading = f"{type(datamodule).__name__}: {type(augmentation).__name__ if augmentation else 'train_transform'}"
+    if augmentation is not None and hasattr(augmentation, "mode"):
+        heading += f" ({augmentation.mode})"
+    _draw(original, augmented, titles, heading, path)
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""ImageFolderDataModule on tiny PNG/JPEG folders written by the test, in both layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_cnn.data import DataNotFoundError, ImageFolderDataModule
+
+CLASSES = ("cat", "dog", "fox")
+
+
+def write_folder(root: Path, per_class: int, seed: int = 0, suffix: str = ".png", classes=CLASSES) -> Path:
+    """Images of varying sizes whose colour encodes the class (cat red, dog green, fox blue)."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(20, 60, size=2)
+            pixels = rng.integers(0, 40, size=(h, w, 3), dtype=np.uint8)
+            pixels[..., label % 3] = 220
+            Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+    (root / CLASSES[0] / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_class_folders_only_are_split_by_seed(tmp_path):
+    write_folder(tmp_path / "pets", per_class=10)
+    dm = ImageFolderDataModule(str(tmp_path / "pets"), image_size=16, val_split=0.2, batch_size=8)
+    assert dm.num_classes == 3 and dm.label_names == list(CLASSES) and dm.dims == (3, 16, 16)
+    with pytest.warns(UserWarning, match="no test/ folder"):
+        dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set)) == (24, 6)
+    assert dm.test_set is dm.val_set
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+    # Labels follow the colour written for the class: the dominant channel is the label.
+    assert torch.equal(x.mean(dim=(2, 3)).argmax(dim=1), y)
+
+
+def test_train_val_test_folders(tmp_path):
+    root = tmp_path / "ds"
+    write_folder(root / "train", 6, seed=0, suffix=".jpg")
+    write_folder(root / "val", 2, seed=1)
+    write_folder(root / "test", 3, seed=2, classes=CLASSES[:2])  # a test set may lack a class
+    dm = ImageFolderDataModule(str(root), image_size=(12, 20), grayscale=True, normalize=False, val_split=0.5)
+    dm.setup("fit")
+    assert dm.dims == (1, 12, 20)
+    # The val folder is the validation set; val_split does not take training images away.
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (18, 6, 6)
+    x, _ = next(iter(dm.test_dataloader()))
+    assert x.shape[1:] == (1, 12, 20) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def test_normalize_from_weights_takes_size_and_statistics_from_the_weights(tmp_path):
+    write_folder(tmp_path / "pets", per_class=2)
+    dm = ImageFolderDataModule(str(tmp_path / "pets"), normalize_from_weights="ResNet18_Weights.IMAGENET1K_V1")
+    assert dm.image_size == (224, 224)
+    dm_small = ImageFolderDataModule(
+        str(tmp_path / "pets"), image_size=8, grayscale=True, normalize_from_weights="ResNet18_Weights.IMAGENET1K_V1"
+    )
+    dm_small.setup("fit")
+    # Grayscale + RGB statistics: repeated to 3 channels, each standardised with its own mean/std.
+    assert dm_small.dims == (3, 8, 8)
+    assert dm_small.train_set.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_classes_subset(tmp_path):
+    write_folder(tmp_path / "pets", per_class=4)
+    dm = ImageFolderDataModule(str(tmp_path / "pets"), image_size=8, classes=[2, 0], val_split=0.25)
+    assert dm.num_classes == 2 and dm.label_names == ["fox", "cat"]
+    with pytest.warns(UserWarning):
+        dm.setup("fit")
+    # fox (blue, original id 2) is label 0 now, cat (red) label 1.
+    x, y = dm.train_set[list(range(len(dm.train_set)))]
+    assert torch.equal(x.mean(dim=(2, 3))[:, [2, 0]].argmax(dim=1), y)
+
+
+@pytest.mark.parametrize(
+    "make,kwargs,error,match",
+    [
+        (lambda root: None, {"image_size": 8}, DataNotFoundError, "does not exist"),
+        (lambda root: root.mkdir(), {"image_size": 8}, DataNotFoundError, "no class sub-folders"),
+        (lambda root: write_folder(root, 2), {}, ValueError, "image_size is not set"),
+    ],
+)
+def test_bad_folders_fail_with_the_fix(tmp_path, make, kwargs, error, match):
+    make(tmp_path / "ds")
+    with pytest.raises(error, match=match):
+        ImageFolderDataModule(str(tmp_path / "ds"), **kwargs)
+
+
+def test_unknown_class_in_val_and_corrupt_image(tmp_path):
+    root = tmp_path / "ds"
+    write_folder(root / "train", 2, classes=CLASSES[:2])
+    write_folder(root / "val", 1)
+    dm = ImageFolderDataModule(str(root), image_size=8)
+    with pytest.raises(ValueError, match=r"classes \['fox'\]"):
+        dm.setup("fit")
+    (root / "val" / "fox" / "0.png").unlink()
+    (root / "val" / "fox").rmdir()
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(Exception, match="broken.png cannot be read as an image"):
+        ImageFolderDataModule(str(root), image_size=8).setup("fit")
