@@ -22,7 +22,6 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 from torchmetrics.classification import Accuracy
 
 from lightning_cnn.regularization import regularization_loss
@@ -30,6 +29,9 @@ from lightning_cnn.regularization import regularization_loss
 __all__ = ["ImageClassifier", "Stage"]
 
 Stage = Literal["train", "val", "test"]
+
+# What a training step adds up (plus the sample count) to log epoch means: loss, data loss, penalty, accuracy.
+_TRAIN_SUMS = ("loss", "data_loss", "reg_loss", "acc")
 
 # Keras' compile(optimizer="adam") learning rate; used when neither the YAML nor a subclass chooses an optimizer.
 DEFAULT_LR = 1e-3
@@ -74,13 +76,10 @@ class ImageClassifier(pl.LightningModule):
         self.example_input_array = torch.zeros(1, *self.input_shape)
 
         task = "binary" if self.binary else "multiclass"
-        self.train_acc = Accuracy(task=task, num_classes=num_classes)
         self.val_acc = Accuracy(task=task, num_classes=num_classes)
         self.test_acc = Accuracy(task=task, num_classes=num_classes)
-        # Training figures are accumulated per step and logged once per epoch (shared_step).
-        self.train_loss = MeanMetric()
-        self.train_data_loss = MeanMetric()
-        self.train_reg_loss = MeanMetric()
+        # Training figures are summed here step by step and logged once per epoch (see _track_train_step).
+        self.register_buffer("_train_sums", torch.zeros(len(_TRAIN_SUMS) + 1), persistent=False)
 
     @property
     def backbone(self) -> nn.Module:
@@ -120,17 +119,7 @@ class ImageClassifier(pl.LightningModule):
 
         preds = logits.reshape(-1) if self.binary else logits
         if stage == "train":
-            # Each `self.log` call costs ~0.3 ms of Lightning bookkeeping, a twentieth of a small network's CPU step
-            # (benchmarks/throughput.py), and the logger only writes every `log_every_n_steps` anyway: the step
-            # loss is logged on those steps only, the epoch figures are accumulated and logged once per epoch.
-            if self._trainer is not None and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
-                self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x.shape[0])
-            self.train_acc.update(preds, y)
-            self.train_loss.update(loss.detach(), x.shape[0])
-            self.train_data_loss.update(data_loss.detach(), x.shape[0])
-            self.train_reg_loss.update(reg_loss.detach(), x.shape[0])
-            if self._trainer is not None and self.trainer.is_last_batch:
-                self._log_train_epoch_figures()  # here, so every callback's on_train_epoch_end sees them
+            self._track_train_step(loss, data_loss, reg_loss, preds, y)
             return loss
 
         accuracy = getattr(self, f"{stage}_acc")
@@ -148,13 +137,35 @@ class ImageClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_train_epoch_figures()  # an epoch cut short (max_steps) has not logged them at its last batch
 
+    # --- training-time logging, kept cheap ----------------------------------------------------------------------
+    # On a small network a CPU step takes ~5 ms, and each `self.log` call or torchmetrics update costs ~0.1-0.3 ms
+    # of bookkeeping (benchmarks/throughput.py). So a training step adds its figures to one tensor of sums,
+    # logs the step loss only on the steps the logger writes, and the epoch means are logged once per epoch.
+
+    def _track_train_step(self, loss: Tensor, data_loss: Tensor, reg_loss: Tensor, preds: Tensor, y: Tensor) -> None:
+        n = y.shape[0]
+        correct = ((preds > 0).long() == y).sum() if self.binary else (preds.argmax(dim=1) == y).sum()
+        step = torch.stack([loss.detach() * n, data_loss.detach() * n, reg_loss.detach() * n, correct.float()])
+        self._train_sums[:-1] += step
+        self._train_sums[-1] += n
+        if self._trainer is None:
+            return
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        if self.trainer.is_last_batch:
+            self._log_train_epoch_figures()  # here, so every callback's on_train_epoch_end sees them
+
     def _log_train_epoch_figures(self) -> None:
-        # compute() syncs the accumulated figures over DDP processes; reset() starts the next epoch afresh.
-        train = {"loss": self.train_loss, "data_loss": self.train_data_loss, "reg_loss": self.train_reg_loss}
-        for name, metric in (*train.items(), ("acc", self.train_acc)):
-            if metric.update_count:  # nothing accumulated: already logged this epoch, or no training batches
-                self.log(f"train/{name}_epoch", metric.compute(), prog_bar=name == "loss", on_step=False, on_epoch=True)
-            metric.reset()
+        count = self._train_sums[-1]
+        if count == 0:  # already logged this epoch, or no training batches
+            return
+        means = self._train_sums[:-1] / count
+        for name, value in zip(_TRAIN_SUMS, means):
+            # sync_dist: every rank logs the mean over all ranks (equal sample counts per rank under DDP).
+            self.log(
+                f"train/{name}_epoch", value, prog_bar=name == "loss", on_step=False, on_epoch=True, sync_dist=True
+            )
+        self._train_sums.zero_()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self.shared_step(batch, "train")

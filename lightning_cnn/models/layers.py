@@ -91,8 +91,9 @@ class _Regularized(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.activation(self.layer(x))
         activity = self.regularizers.activity
-        # Keras divides the activity penalty by the batch size (the output's first dimension).
-        self._activity_penalty = activity(out) / out.shape[0] if activity else None
+        if activity:  # (no attribute write otherwise: nn.Module.__setattr__ is slow enough to see on a CPU step)
+            # Keras divides the activity penalty by the batch size (the output's first dimension).
+            self._activity_penalty = activity(out) / out.shape[0]
         return out
 
     def penalty(self) -> Optional[Tensor]:
