@@ -3,7 +3,8 @@ maps images to logits).
 
 The loss is Keras' ``compile(loss=...)`` plus every regularization penalty, in training *and* evaluation, so
 ``val/loss`` matches Keras' ``val_loss``. The data term and the penalty are also logged on their own as
-``{stage}/data_loss`` and ``{stage}/reg_loss``.
+``val/data_loss`` and ``val/reg_loss`` (and ``test/...``); training logs the epoch means ``train/{loss,data_loss,
+reg_loss,acc}_epoch`` and the step loss ``train/loss_step``.
 
 Subclass it to change behaviour; the methods meant to be overridden are:
 
