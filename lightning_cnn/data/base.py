@@ -389,24 +389,7 @@ class ImageDataModule(pl.LightningDataModule):
         persistent = self.persistent_workers if self.persistent_workers is not None else workers > 0
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
         augmenting = dataset.transform is not None and workers > 0
-        if shuffle:  # the training order: seeded, sharded over processes, resumable mid-epoch
-            world_size, rank = _world(self)
-            sampler = ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-            return ResumableDataLoader(
-                dataset,
-                sampler=sampler,
-                batch_size=self.per_process_batch_size(world_size),
-                num_workers=workers,
-                persistent_workers=persistent and workers > 0,
-                pin_memory=pin,
-                collate_fn=_collate_batch,
-                worker_init_fn=seed_worker if augmenting else None,
-                prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
-            )
-        return DataLoader(
-            dataset,
-            batch_size=self.per_process_batch_size(_world(self)[0]),
-            shuffle=shuffle,
+        common = dict(
             num_workers=workers,
             persistent_workers=persistent and workers > 0,
             pin_memory=pin,
@@ -414,6 +397,12 @@ class ImageDataModule(pl.LightningDataModule):
             worker_init_fn=seed_worker if augmenting else None,
             prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
         )
+        world_size, rank = _world(self)
+        batch_size = self.per_process_batch_size(world_size)
+        if shuffle:  # the training order: seeded, sharded over processes, resumable mid-epoch
+            sampler = ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
+            return ResumableDataLoader(dataset, sampler=sampler, batch_size=batch_size, **common)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
     def per_process_batch_size(self, world_size: int) -> int:
         """Each process' batch: ``global_batch_size / world_size`` when a global size is set, else ``batch_size``.
