@@ -19,10 +19,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.callbacks import KerasModelSummary, TrainingPlots
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
-from lightning_cnn.data.base import ImageDataModule
+from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule
+from lightning_cnn.models.backbones import WeightsMismatchError, WeightsUnavailableError
 from lightning_cnn.module import ImageClassifier
 
-__all__ = ["CNNCLI", "main"]
+__all__ = ["CNNCLI", "ConfigError", "main"]
 
 # A YAML `optimizer:` replaces ImageClassifier.configure_optimizers, which is only the Python-API default;
 # Lightning warns about that replacement on every run although it is the intended behaviour here.
@@ -92,6 +93,12 @@ class CNNCLI(LightningCLI):
         }
         for target, compute in links.items():
             parser.link_arguments("data", target, compute_fn=compute, apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # a constructor rejected a config value: keep its message, drop the wrapping
+            raise ConfigError(_innermost_value_error(err)) from err
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -175,9 +182,36 @@ def _latest_checkpoint(trainer: Trainer) -> Optional[str]:
     return str(max(found, key=lambda path: path.stat().st_mtime_ns))
 
 
+class ConfigError(ValueError):
+    """A config value that a model, datamodule or callback constructor rejected."""
+
+
+# Errors whose message already names the bad value and the fix: the command line prints just that line.
+_USER_ERRORS = (ConfigError, DataNotFoundError, CorruptDataError, WeightsMismatchError, WeightsUnavailableError)
+
+
+def _innermost_value_error(err: BaseException) -> str:
+    """The message of the deepest ValueError in ``err``'s chain: jsonargparse wraps the constructor's own error
+    (which names the value and the fix) in a "does not validate against any of the Union subtypes" report."""
+    message, current = str(err), err
+    while current is not None:
+        if isinstance(current, ValueError):
+            message = str(current)
+        current = current.__cause__ or current.__context__
+    return message
+
+
 def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of ``cli.py`` and the ``lightning-cnn`` console script."""
-    CNNCLI(args=args)
+    """Entry point of ``cli.py`` and the ``lightning-cnn`` console script.
+
+    A bad config value, missing or corrupt data, or unusable weights end the run with one ``error: …`` line
+    (exit status 2) instead of a traceback; their messages say what to change.
+    """
+    try:
+        CNNCLI(args=args)
+    except _USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

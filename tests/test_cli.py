@@ -162,3 +162,21 @@ def test_summary_command_prints_without_training():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Total params: 358,210" in out.stdout and "bn1 (BatchNormalization)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["--model.init_args.net.init_args.activation", "relux"], "error: Unknown activation 'relux'; choose one of"),
+        (["--data.init_args.val_split", "1.5"], "error: val_split=1.5; use a fraction"),
+        (["--data.init_args.data_dir", "nowhere", "--data.init_args.download", "false"], "error: MNIST not found"),
+    ],
+)
+def test_bad_values_and_missing_data_end_with_one_error_line(in_tmp, capsys, override, message):
+    from lightning_cnn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
