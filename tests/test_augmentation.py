@@ -24,7 +24,7 @@ from lightning_cnn.augmentation import (
     seed_worker,
 )
 from lightning_cnn.cli import CNNCLI
-from lightning_cnn.data import FashionMNISTDataModule
+from lightning_cnn.data import FashionMNISTDataModule, MNISTDataModule
 from lightning_cnn.models import LeNet
 from lightning_cnn.preview import main as preview_main
 from tests.conftest import CONFIGS, write_fake_mnist
@@ -421,3 +421,18 @@ def test_preview_of_a_config_without_augmentation_says_what_to_set(in_tmp):
     data = write_fake_mnist(in_tmp / "fmnist", n_train=40, n_test=10)
     with pytest.raises(ValueError, match="no training augmentation; set data.init_args.augmentation"):
         preview_main(["--config", str(CONFIGS / "lenet_fashion_mnist.yaml"), "--data.init_args.data_dir", str(data)])
+
+
+@pytest.mark.parametrize("mode", ["per_sample", "batched"])
+def test_python_api_fit_with_default_summary_and_a_weights_only_checkpoint(tmp_path, mode):
+    """Without the CLI: Lightning's own model summary moves a bare example tensor through the datamodule's
+    transfer hooks while training, and the checkpoint must load with weights_only=True."""
+    data_dir = write_fake_mnist(tmp_path / "mnist")
+    dm = MNISTDataModule(
+        data_dir=str(data_dir), num_workers=0, augmentation=KerasAugmentation(**SLIDES, mode=mode, seed=0)
+    )
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+                         enable_progress_bar=False, default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(ImageClassifier(LeNet()), datamodule=dm)
+    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert "augmentation" not in checkpoint["datamodule_hyper_parameters"]

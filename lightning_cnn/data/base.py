@@ -204,7 +204,9 @@ class ImageDataModule(pl.LightningDataModule):
         augmentation: Optional[Augmentation] = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["train_transform"])
+        # Transform objects are not hyperparameters: saved in a checkpoint they would be pickled objects, which
+        # `torch.load(weights_only=True)` refuses. (Under the CLI, config.yaml records them.)
+        self.save_hyperparameters(ignore=["train_transform", "augmentation"])
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}; use a positive number of samples per batch.")
         if global_batch_size is not None and global_batch_size < 1:
@@ -372,8 +374,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_augment = self.augmentation.batch_transform(seed, train_set.mean, train_set.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Training batches only: validation, test, prediction and the sanity check see the data as it is.
-        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
+        # Training batches only: validation, test, prediction and the sanity check see the data as it is, and
+        # so does anything else Lightning moves to the device while training (e.g. the model summary's
+        # example input, a bare tensor).
+        is_training_batch = isinstance(batch, (tuple, list)) and len(batch) == 2
+        if self.batch_augment is not None and is_training_batch and self.trainer is not None and self.trainer.training:
             images, labels = batch
             return self.batch_augment(images), labels
         return batch
