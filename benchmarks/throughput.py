@@ -24,20 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from lightning_cnn import ImageClassifier
-from lightning_cnn.augmentation import KerasAugmentation
+from lightning_cnn.augmentation import SLIDES_IMAGE_DATA_GENERATOR, KerasAugmentation
 from lightning_cnn.data import FashionMNISTDataModule
 from lightning_cnn.models import LeNet
 from lightning_cnn.regularization import L1L2, LayerRegularizers, regularization_loss
 
-# The slides' ImageDataGenerator arguments.
-SLIDES_AUGMENTATION = dict(
-    rotation_range=20,
-    zoom_range=0.15,
-    width_shift_range=0.1,
-    height_shift_range=0.1,
-    horizontal_flip=True,
-    vertical_flip=True,
-)
 MODES = ("raw no-aug", "fit no-aug", "fit per-sample aug", "fit batched aug")
 
 
@@ -138,14 +129,14 @@ def main() -> None:
             args.warmup,
             args.steps,
             device,
-            KerasAugmentation(**SLIDES_AUGMENTATION, mode="per_sample", seed=0),
+            KerasAugmentation(**SLIDES_IMAGE_DATA_GENERATOR, mode="per_sample", seed=0),
         ),
         "fit batched aug": lambda: lightning_fit(
             args.batch_size,
             args.warmup,
             args.steps,
             device,
-            KerasAugmentation(**SLIDES_AUGMENTATION, mode="batched", seed=0),
+            KerasAugmentation(**SLIDES_IMAGE_DATA_GENERATOR, mode="batched", seed=0),
         ),
     }
     results: dict[str, list[float]] = {mode: [] for mode in MODES}

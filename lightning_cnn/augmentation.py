@@ -60,6 +60,7 @@ __all__ = [
     "KerasAffine",
     "KerasAugmentation",
     "KerasParams",
+    "SLIDES_IMAGE_DATA_GENERATOR",
     "build_pipeline",
     "keras_pipeline",
     "keras_pixel_matrix",
@@ -76,6 +77,16 @@ FILL_MODES: dict[str, int] = {
     "wrap": cv2.BORDER_WRAP,
 }
 # grid_sample has no periodic padding; 'constant' is done by shifting the batch by the fill value (see below).
+# The slides' ImageDataGenerator(rotation_range=20, zoom_range=0.15, width_shift_range=0.1, height_shift_range=0.1,
+# horizontal_flip=True, vertical_flip=True): `KerasAugmentation(**SLIDES_IMAGE_DATA_GENERATOR)`.
+SLIDES_IMAGE_DATA_GENERATOR = dict(
+    rotation_range=20,
+    zoom_range=0.15,
+    width_shift_range=0.1,
+    height_shift_range=0.1,
+    horizontal_flip=True,
+    vertical_flip=True,
+)
 _GRID_PADDING = {"nearest": "border", "reflect": "reflection", "constant": "zeros"}
 
 # Albumentations 1.x argument names that 2.x silently drops (its migration notes), with what to write instead.

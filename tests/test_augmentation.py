@@ -13,6 +13,7 @@ import torch
 
 from lightning_cnn import ImageClassifier
 from lightning_cnn.augmentation import (
+    SLIDES_IMAGE_DATA_GENERATOR,
     AlbumentationsAugmentation,
     BatchedKerasAugment,
     KerasAffine,
@@ -29,14 +30,7 @@ from lightning_cnn.models import LeNet
 from lightning_cnn.preview import main as preview_main
 from tests.conftest import CONFIGS, write_fake_mnist
 
-SLIDES = dict(
-    rotation_range=20,
-    zoom_range=0.15,
-    width_shift_range=0.1,
-    height_shift_range=0.1,
-    horizontal_flip=True,
-    vertical_flip=True,
-)
+SLIDES = SLIDES_IMAGE_DATA_GENERATOR
 SHAPES = [(28, 28, 1), (32, 32, 3), (224, 224, 3)]
 
 
