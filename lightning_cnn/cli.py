@@ -1,26 +1,40 @@
 """The command line: LightningCLI over :class:`ImageClassifier` and the datamodules.
 
-``python cli.py {fit,validate,test,predict} --config configs/<name>.yaml`` (and ``--print_config``). The
-datamodule's number of classes and image shape are linked into the model and its network, so they are never
-typed twice; ``test_after_fit: true`` evaluates the best checkpoint on the test split when ``fit`` ends.
+``python cli.py {fit,validate,test,predict} --config configs/<name>.yaml`` (and ``--print_config``), and
+``python cli.py export --ckpt_path … --format onnx|torchscript``. The datamodule's number of classes, image shape
+and preprocessing are linked into the model and its network, so they are never typed twice; a pretrained network's
+weights decide the datamodule's normalization; ``test_after_fit: true`` evaluates the best checkpoint on the test
+split when ``fit`` ends.
+
+``validate``/``test``/``predict`` with ``--ckpt_path`` need no config: the model, and the data it was trained on,
+are rebuilt from the checkpoint (``--inputs`` predicts on new images with the checkpoint's preprocessing instead).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from jsonargparse import Namespace
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_cnn.callbacks import KerasModelSummary, TrainingPlots
+from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
+from lightning_cnn.checkpoints import CheckpointError, check_state_dict_fits, load_checkpoint
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule
-from lightning_cnn.models.backbones import WeightsMismatchError, WeightsUnavailableError
+from lightning_cnn.models.backbones import (
+    TorchvisionNet,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    skip_pretrained_weights,
+    weights_name_for,
+)
 from lightning_cnn.module import ImageClassifier
 
 __all__ = ["CNNCLI", "ConfigError", "main"]
@@ -28,6 +42,18 @@ __all__ = ["CNNCLI", "ConfigError", "main"]
 # A YAML `optimizer:` replaces ImageClassifier.configure_optimizers, which is only the Python-API default;
 # Lightning warns about that replacement on every run although it is the intended behaviour here.
 warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
+
+# Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
+_EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+# --ckpt_path values Lightning resolves itself rather than a file path.
+_CKPT_KEYWORDS = ("last", "best", "hpc")
+# Keys the CLI fills from the datamodule: a checkpoint and a config that differ only there describe one model.
+_LINKED_NET_KEYS = ("in_channels", "num_classes", "input_size")
+_FILES_DATAMODULE = "lightning_cnn.data.ImageFilesDataModule"
+_DESCRIPTION = (
+    "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and "
+    "export (python cli.py export --help)."
+)
 
 
 class _ConciseParser(LightningArgumentParser):
@@ -47,7 +73,67 @@ class CNNCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         # Never overwrite a run's saved config; every run gets its own version folder.
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
+        kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
         super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
+
+    # --- parsing -----------------------------------------------------------------------------------------------
+
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if not add_subcommands:
+            return
+        predict = self._subcommand_parsers["predict"]
+        predict.add_argument(
+            "--inputs",
+            type=Optional[str],
+            default=None,
+            help="Predict on new images instead of the test split: a folder (sub-folders too), an image file or an "
+            ".npy uint8 array (N, H, W[, C]); prepared with the checkpoint's preprocessing.",
+        )
+        # The writer saves every prediction; keeping them all in memory as well would double the cost.
+        predict.set_defaults({"return_predictions": False})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, (list, tuple)):
+            self._defaults_from_checkpoint(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
+    def _defaults_from_checkpoint(self, argv: list[str]) -> None:
+        """``validate``/``test``/``predict --ckpt_path X`` without a config: the model (and the data it was trained
+        on, or ``--inputs``) default to what the checkpoint records, and logs go to ``runs/<subcommand>/``."""
+        subcommand = argv[0] if argv and argv[0] in _EVAL_SUBCOMMANDS else None
+        ckpt_path = _option_value(argv, "--ckpt_path")
+        if subcommand is None or not ckpt_path or ckpt_path in _CKPT_KEYWORDS:
+            return
+        inputs = _option_value(argv, "--inputs") if subcommand == "predict" else None
+        has_config = _has_option(argv, "--config")
+        defaults: dict[str, Any] = {}
+        checkpoint = load_checkpoint(ckpt_path)
+        if not (has_config or _has_option(argv, "--model")):
+            defaults["model"] = _class_config(checkpoint.get("hyper_parameters"), ckpt_path, "model")
+        if inputs:
+            defaults["data"] = {
+                "class_path": _FILES_DATAMODULE,
+                "init_args": {"inputs": inputs, "checkpoint": ckpt_path},
+            }
+        elif not (has_config or _has_option(argv, "--data")):
+            defaults["data"] = _class_config(checkpoint.get("datamodule_hyper_parameters"), ckpt_path, "data")
+        if not has_config:
+            defaults["trainer.logger"] = {
+                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": f"runs/{subcommand}", "name": ""},
+            }
+        self._subcommand_parsers[subcommand].set_defaults(defaults)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning merges the checkpoint's model over the configured one: check the file first (one clear line),
+        # and say so when that replaces a model the config describes otherwise.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in _CKPT_KEYWORDS:
+            checkpoint = load_checkpoint(ckpt_path)
+            _note_model_difference(self.config[subcommand].get("model"), checkpoint.get("hyper_parameters"), ckpt_path)
+        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Always-on callbacks, configured under their own top-level keys (`checkpoint:`), so an experiment's
@@ -78,6 +164,8 @@ class CNNCLI(LightningCLI):
         )
         parser.add_lightning_class_args(KerasModelSummary, "summary")
         parser.add_lightning_class_args(TrainingPlots, "plots")
+        parser.add_lightning_class_args(ClassificationReport, "report")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -90,15 +178,51 @@ class CNNCLI(LightningCLI):
             "model.init_args.net.init_args.num_classes": lambda dm: dm.num_classes,
             "model.init_args.net.init_args.in_channels": lambda dm: dm.dims[0],
             "model.init_args.net.init_args.input_size": lambda dm: dm.dims[1:],
+            "model.init_args.preprocessing": lambda dm: dm.preprocessing.to_dict(),
         }
         for target, compute in links.items():
             parser.link_arguments("data", target, compute_fn=compute, apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self._subcommand_config()
+        if config.get("inputs"):  # new images: prepared with the checkpoint's preprocessing, not the config's data
+            config["data"] = Namespace(
+                class_path=_FILES_DATAMODULE,
+                init_args=Namespace(inputs=config["inputs"], checkpoint=config.get("ckpt_path")),
+            )
+        _link_weights_to_normalization(config)
+
     def instantiate_classes(self) -> None:
+        ckpt_path = self._subcommand_config().get("ckpt_path")
+        # Weights coming from a checkpoint: a pretrained backbone need not fetch its original weights first.
+        from_checkpoint = bool(ckpt_path) and ckpt_path not in _CKPT_KEYWORDS and Path(ckpt_path).is_file()
         try:
-            super().instantiate_classes()
+            if from_checkpoint:
+                with skip_pretrained_weights():
+                    super().instantiate_classes()
+            else:
+                super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: keep its message, drop the wrapping
+            if isinstance(err, CheckpointError):
+                raise
             raise ConfigError(_innermost_value_error(err)) from err
+
+    def _subcommand_config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def _check_checkpoint_fits(self) -> None:
+        ckpt_path = self._subcommand_config().get("ckpt_path")
+        if ckpt_path and ckpt_path not in _CKPT_KEYWORDS:
+            check_state_dict_fits(self.model, load_checkpoint(ckpt_path)["state_dict"], f"--ckpt_path {ckpt_path}")
+
+    def before_validate(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_test(self) -> None:
+        self._check_checkpoint_fits()
+
+    def before_predict(self) -> None:
+        self._check_checkpoint_fits()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -112,6 +236,8 @@ class CNNCLI(LightningCLI):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = _latest_checkpoint(self.trainer)
+        elif config.get("ckpt_path"):
+            self._check_checkpoint_fits()
 
     def after_fit(self) -> None:
         if not self._get(self.config, "test_after_fit", default=False):
@@ -182,12 +308,135 @@ def _latest_checkpoint(trainer: Trainer) -> Optional[str]:
     return str(max(found, key=lambda path: path.stat().st_mtime_ns))
 
 
+def _option_value(argv: list[str], option: str) -> Optional[str]:
+    """The value of ``--option VALUE`` or ``--option=VALUE`` in ``argv`` (the last one given), else ``None``."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _has_option(argv: list[str], option: str) -> bool:
+    return any(arg == option or arg.startswith(option + "=") for arg in argv)
+
+
+def _class_config(hparams: Optional[dict], ckpt_path: str, what: str) -> dict[str, Any]:
+    """``{class_path, init_args}`` from a checkpoint's saved (CLI) hyperparameters."""
+    hparams = dict(hparams or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    if class_path is None:
+        raise CheckpointError(
+            f"{ckpt_path} does not record its {what}'s class (not written by cli.py); give --config with the "
+            f"{what} it was trained with."
+        )
+    return {"class_path": class_path, "init_args": hparams}
+
+
+def _net_description(model: Any) -> dict[str, Any]:
+    """The configured network as comparable plain values: class path and init args, linked keys left out."""
+    if model is None:
+        return {}
+    model = model.as_dict() if isinstance(model, Namespace) else dict(model)
+    init = model.get("init_args", model)
+    net = init.get("net") or {}
+    net = net.as_dict() if isinstance(net, Namespace) else dict(net)
+    args = {k: v for k, v in (net.get("init_args") or {}).items() if k not in _LINKED_NET_KEYS}
+    return {"model": model.get("class_path", model.get("_class_path")), "net": net.get("class_path"), **args}
+
+
+def _note_model_difference(config_model: Any, ckpt_hparams: Optional[dict], ckpt_path: str) -> None:
+    """One line when the checkpoint's model (which is what runs) differs from the configured one."""
+    configured, saved = _net_description(config_model), _net_description(ckpt_hparams)
+    if not configured.get("net") or not saved.get("net"):
+        return
+    differing = [k for k in saved if k in configured and _plain(configured[k]) != _plain(saved[k])]
+    if differing:
+        detail = "; ".join(
+            f"{k}: {saved[k]!r} in the checkpoint, {configured[k]!r} in the config" for k in differing[:3]
+        )
+        print(
+            f"note: the model comes from --ckpt_path {ckpt_path}, not from the config ({detail}); the run's "
+            "config.yaml records the checkpoint's model.",
+            file=sys.stderr,
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and Namespaces as dicts, so a config value and its checkpoint copy compare equal."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _link_weights_to_normalization(config: Namespace) -> None:
+    """A pretrained ``TorchvisionNet``'s weights decide the datamodule's ``normalize_from_weights``: one key sets
+    both, so changing ``arch`` or ``weights`` changes the preprocessing too.
+
+    Raises:
+        ConfigError: If ``normalize_from_weights`` is set to other weights than the network's.
+    """
+    model, data = config.get("model"), config.get("data")
+    net = model.get("init_args", Namespace()).get("net") if isinstance(model, Namespace) else None
+    data_args = data.get("init_args") if isinstance(data, Namespace) else None
+    if not isinstance(net, Namespace) or not isinstance(data_args, Namespace):
+        return
+    if "normalize_from_weights" not in data_args or not _is_subclass(net.get("class_path"), TorchvisionNet):
+        return
+    net_args = net.get("init_args") or Namespace()
+    arch = net_args.get("arch", "vgg16")
+    name = weights_name_for(arch, net_args.get("weights"))
+    given = data_args.get("normalize_from_weights")
+    if name is None:  # random init or a local file: the datamodule's own setting stands
+        return
+    if given and not _same_weights(given, name):
+        raise ConfigError(
+            f"data.normalize_from_weights={given!r} disagrees with the network's weights {name!r} "
+            f"(arch {arch}); leave normalize_from_weights out: it follows the network's weights."
+        )
+    data_args["normalize_from_weights"] = name
+
+
+def _is_subclass(class_path: Optional[str], base: type) -> bool:
+    if not class_path:
+        return False
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, base)
+
+
+def _same_weights(a: str, b: str) -> bool:
+    from torchvision.models import get_weight
+
+    try:
+        return get_weight(a) == get_weight(b)
+    except (ValueError, KeyError, AttributeError):
+        return False
+
+
 class ConfigError(ValueError):
     """A config value that a model, datamodule or callback constructor rejected."""
 
 
 # Errors whose message already names the bad value and the fix: the command line prints just that line.
-_USER_ERRORS = (ConfigError, DataNotFoundError, CorruptDataError, WeightsMismatchError, WeightsUnavailableError)
+_USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    DataNotFoundError,
+    CorruptDataError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
 
 
 def _innermost_value_error(err: BaseException) -> str:
@@ -207,8 +456,14 @@ def main(args: Optional[list[str]] = None) -> None:
     A bad config value, missing or corrupt data, or unusable weights end the run with one ``error: …`` line
     (exit status 2) instead of a traceback; their messages say what to change.
     """
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        CNNCLI(args=args)
+        if argv and argv[0] == "export":
+            from lightning_cnn.export import main as export_main
+
+            export_main(argv[1:])
+        else:
+            CNNCLI(args=args)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

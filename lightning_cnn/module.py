@@ -17,14 +17,17 @@ Subclass it to change behaviour; the methods meant to be overridden are:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import Accuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning_cnn.models.backbones import skip_pretrained_weights
+from lightning_cnn.preprocessing import Preprocessing
 from lightning_cnn.regularization import regularization_loss
 
 __all__ = ["ImageClassifier", "Stage"]
@@ -51,6 +54,10 @@ class ImageClassifier(pl.LightningModule):
             summary's output shapes.
         penalty_in_eval_loss: Add the regularization penalty to ``val/loss`` and ``test/loss`` as Keras does.
             Turn off to monitor the pure data loss.
+        preprocessing: What the images went through before the network (class names, size, channels,
+            normalization), as :meth:`Preprocessing.to_dict <lightning_cnn.preprocessing.Preprocessing.to_dict>`
+            writes it. Linked from the datamodule by the CLI (and taken from the attached datamodule when ``None``),
+            so a checkpoint carries it and prediction on new images and export apply the same steps.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int = 10,
         input_shape: tuple[int, int, int] = (1, 28, 28),
         penalty_in_eval_loss: bool = True,
+        preprocessing: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         # Under the CLI, the hyperparameters hold the net's config (class_path + init_args), from which
@@ -74,11 +82,17 @@ class ImageClassifier(pl.LightningModule):
         self.input_shape = tuple(input_shape)
         self.penalty_in_eval_loss = penalty_in_eval_loss
         self.binary = getattr(net, "num_outputs", num_classes) == 1
+        self.preprocessing = Preprocessing.from_dict(preprocessing) if preprocessing else None
         self.example_input_array = torch.zeros(1, *self.input_shape)
 
-        task = "binary" if self.binary else "multiclass"
-        self.val_acc = Accuracy(task=task, num_classes=num_classes)
-        self.test_acc = Accuracy(task=task, num_classes=num_classes)
+        # Evaluation metrics take predicted class ids (see predicted_labels), so a binary network's logits are never
+        # mistaken for probabilities; the confusion matrices give the per-class report and the test picture.
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        #: The last finished epoch's confusion matrix per stage (rows: true class, columns: predicted).
+        self.confusion_matrices: dict[str, Tensor] = {}
         # Training figures are summed here step by step and logged once per epoch (see _track_train_step).
         self.register_buffer("_train_sums", torch.zeros(len(_TRAIN_SUMS) + 1), persistent=False)
 
@@ -109,6 +123,13 @@ class ImageClassifier(pl.LightningModule):
             return torch.cat([1 - p, p], dim=1)
         return logits.softmax(dim=1)
 
+    def predicted_labels(self, logits: Tensor) -> Tensor:
+        """Predicted class ids: arg-max, or logit > 0 for a one-logit network (the arg-max of its
+        :meth:`probabilities`). Training accuracy, evaluation metrics, predictions and exports all use it."""
+        if self.binary:
+            return (logits.reshape(-1) > 0).long()
+        return logits.argmax(dim=1)
+
     def shared_step(self, batch: Any, stage: Stage) -> Tensor:
         """One step of ``stage`` on ``(images, targets)``: loss with penalty, accuracy, logging."""
         x, y = batch
@@ -118,13 +139,14 @@ class ImageClassifier(pl.LightningModule):
         include_penalty = stage == "train" or self.penalty_in_eval_loss
         loss = data_loss + reg_loss if include_penalty else data_loss
 
-        preds = logits.reshape(-1) if self.binary else logits
+        labels = self.predicted_labels(logits.detach())
         if stage == "train":
-            self._track_train_step(loss, data_loss, reg_loss, preds, y)
+            self._track_train_step(loss, data_loss, reg_loss, labels, y)
             return loss
 
         accuracy = getattr(self, f"{stage}_acc")
-        accuracy(preds, y)
+        accuracy(labels, y)
+        getattr(self, f"{stage}_confusion").update(labels, y)
         # sync_dist: under DDP every rank logs the mean over all ranks, so monitors agree across processes.
         log = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
         self.log(f"{stage}/loss", loss, prog_bar=True, **log)
@@ -135,17 +157,44 @@ class ImageClassifier(pl.LightningModule):
 
     # --- Lightning hooks (delegate) ----------------------------------------------------------------------------
 
+    def setup(self, stage: str) -> None:
+        self._take_preprocessing_from_datamodule()
+
     def on_train_epoch_end(self) -> None:
         self._log_train_epoch_figures()  # an epoch cut short (max_steps) has not logged them at its last batch
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_confusion.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confusion.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._store_confusion("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._store_confusion("test")
+
+    def _store_confusion(self, stage: Stage) -> None:
+        metric = getattr(self, f"{stage}_confusion")
+        if metric.update_count:  # summed over processes under DDP
+            self.confusion_matrices[stage] = metric.compute().cpu()
+
+    def _take_preprocessing_from_datamodule(self) -> None:
+        """Built in Python without ``preprocessing``: record the attached datamodule's, so checkpoints carry it."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if self.preprocessing is None and isinstance(getattr(datamodule, "preprocessing", None), Preprocessing):
+            self.preprocessing = datamodule.preprocessing
+            self.hparams["preprocessing"] = self.preprocessing.to_dict()
 
     # --- training-time logging, kept cheap ----------------------------------------------------------------------
     # On a small network a CPU step takes ~5 ms, and each `self.log` call or torchmetrics update costs ~0.1-0.3 ms
     # of bookkeeping (benchmarks/throughput.py). So a training step adds its figures to one tensor of sums,
     # logs the step loss only on the steps the logger writes, and the epoch means are logged once per epoch.
 
-    def _track_train_step(self, loss: Tensor, data_loss: Tensor, reg_loss: Tensor, preds: Tensor, y: Tensor) -> None:
+    def _track_train_step(self, loss: Tensor, data_loss: Tensor, reg_loss: Tensor, labels: Tensor, y: Tensor) -> None:
         n = y.shape[0]
-        correct = ((preds > 0).long() == y).sum() if self.binary else (preds.argmax(dim=1) == y).sum()
+        correct = (labels == y).sum()
         step = torch.stack([loss.detach() * n, data_loss.detach() * n, reg_loss.detach() * n, correct.float()])
         self._train_sums[:-1] += step
         self._train_sums[-1] += n
@@ -180,6 +229,16 @@ class ImageClassifier(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.probabilities(self(x))
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Union[str, Path, IO], *args: Any, **kwargs: Any
+    ) -> ImageClassifier:
+        """Lightning's ``load_from_checkpoint``, rebuilding the network from the checkpoint alone: pretrained
+        backbones are built without fetching their original weights (no file, cache or network needed), since the
+        checkpoint's state dict replaces them anyway."""
+        with skip_pretrained_weights():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (lr 1e-3, Keras' ``optimizer="adam"``) over the trainable parameters.

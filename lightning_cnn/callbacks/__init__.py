@@ -1,8 +1,18 @@
-"""Callbacks: Keras' EarlyStopping semantics, model summary, training plots, and backbone freezing for fine-tuning."""
+"""Callbacks: Keras' EarlyStopping semantics, model summary, training plots, per-class reports, prediction files,
+and backbone freezing for fine-tuning."""
 
 from lightning_cnn.callbacks.early_stopping import EarlyStopping
 from lightning_cnn.callbacks.finetune import FreezeBackbone
 from lightning_cnn.callbacks.plots import TrainingPlots
+from lightning_cnn.callbacks.predictions import PredictionWriter
+from lightning_cnn.callbacks.report import ClassificationReport
 from lightning_cnn.callbacks.summary import KerasModelSummary
 
-__all__ = ["EarlyStopping", "FreezeBackbone", "KerasModelSummary", "TrainingPlots"]
+__all__ = [
+    "ClassificationReport",
+    "EarlyStopping",
+    "FreezeBackbone",
+    "KerasModelSummary",
+    "PredictionWriter",
+    "TrainingPlots",
+]

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
 __all__ = ["TrainingPlots", "free_path"]
@@ -42,7 +41,6 @@ class TrainingPlots(pl.Callback):
         self.learning_curves = learning_curves
         self.confusion_matrix = confusion_matrix
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self._confusion: Optional[Tensor] = None
 
     # --- learning curves ---------------------------------------------------------------------------------------
 
@@ -81,29 +79,14 @@ class TrainingPlots(pl.Callback):
 
     # --- confusion matrix --------------------------------------------------------------------------------------
 
-    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        n = getattr(pl_module, "num_classes", 0)
-        self._confusion = torch.zeros(n, n, dtype=torch.long) if n else None
-
-    def on_test_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        if self._confusion is None or not self.confusion_matrix:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The module accumulated the matrix during its test steps (summed over processes): no second pass here.
+        confusion = getattr(pl_module, "confusion_matrices", {}).get("test")
+        if confusion is None or not self.confusion_matrix:
             return
-        x, y = batch
-        with torch.no_grad():
-            predicted = pl_module.probabilities(pl_module(x)).argmax(dim=1)
-        index = y.cpu() * self._confusion.shape[0] + predicted.cpu()
-        self._confusion += torch.bincount(index, minlength=self._confusion.numel()).reshape(self._confusion.shape)
-
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._confusion is None or not self.confusion_matrix:
-            return
-        confusion = trainer.strategy.reduce(self._confusion.to(pl_module.device).float(), reduce_op="sum").cpu()
         folder = _log_folder(trainer)
         if trainer.is_global_zero:
-            names = getattr(trainer.datamodule, "label_names", None) or [str(i) for i in range(len(confusion))]
+            names = _class_names(trainer, pl_module, len(confusion))
             _report("confusion matrix", self._draw_confusion(folder, confusion, names))
 
     def _draw_confusion(self, folder: Path, confusion: Tensor, names: list[str]) -> Path:
@@ -128,6 +111,15 @@ class TrainingPlots(pl.Callback):
         fig.colorbar(image, ax=ax, fraction=0.046)
         fig.tight_layout()
         return _save(fig, folder / "confusion_matrix.png")
+
+
+def _class_names(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> list[str]:
+    """The ``n`` class names: the model's recorded preprocessing, else the datamodule's, else ``0..n-1``."""
+    preprocessing = getattr(pl_module, "preprocessing", None)
+    names = list(preprocessing.class_names) if preprocessing is not None else []
+    if len(names) != n:
+        names = list(getattr(trainer.datamodule, "label_names", None) or [])
+    return names if len(names) == n else [str(i) for i in range(n)]
 
 
 def _log_folder(trainer: pl.Trainer) -> Path:

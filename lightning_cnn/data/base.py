@@ -23,12 +23,12 @@ from typing import Any, ClassVar, Literal, Optional, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_cnn.augmentation import Augmentation, seed_worker
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
+from lightning_cnn.preprocessing import Preprocessing, normalize_uint8, resize_uint8
 
 __all__ = ["CorruptDataError", "DataNotFoundError", "ImageArrays", "ImageDataModule", "InMemoryImageDataset"]
 
@@ -109,12 +109,7 @@ class InMemoryImageDataset(Dataset):
 
     def to_float(self, images: Tensor) -> Tensor:
         """uint8 ``(N, C, H, W)`` -> normalized float32, with the channel expansion."""
-        x = images.float().div_(255.0)
-        if self.to_rgb and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return x.contiguous()
+        return normalize_uint8(images, self.mean, self.std, self.to_rgb)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(indices)
@@ -268,6 +263,19 @@ class ImageDataModule(pl.LightningDataModule):
     def label_names(self) -> list[str]:
         return [self.class_names[c] for c in self.classes] if self.classes else list(self.class_names)
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What every image goes through before the network (size, channels, normalization) and the class
+        names: linked into the model, so checkpoints carry it for prediction and export."""
+        return Preprocessing(
+            class_names=tuple(self.label_names),
+            image_size=tuple(self.image_size),
+            channels=self.channels,
+            to_rgb=self.to_rgb,
+            mean=tuple(self.mean) if self.normalize else None,
+            std=tuple(self.std) if self.normalize else None,
+        )
+
     # --- subclass interface ------------------------------------------------------------------------------------
 
     def _find(self, folder: Path) -> Optional[Path]:
@@ -360,9 +368,7 @@ class ImageDataModule(pl.LightningDataModule):
             remap[self.classes] = np.arange(len(self.classes))
             labels = remap[labels]
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = _resize_uint8(x, self.image_size)
-        return x, torch.from_numpy(labels)
+        return resize_uint8(x, self.image_size), torch.from_numpy(labels)
 
     def _dataset(self, images: Tensor, labels: Tensor, transform: Optional[Callable] = None) -> InMemoryImageDataset:
         mean, std = (self.mean, self.std) if self.normalize else (None, None)
@@ -476,13 +482,3 @@ def _check_classes(classes: Optional[list[int]], total: int, owner: str) -> Opti
 
 def _count(size: Union[float, int], n: int) -> int:
     return int(round(size * n)) if isinstance(size, float) and size < 1 else min(int(size), n)
-
-
-def _resize_uint8(images: Tensor, size: tuple[int, int], chunk: int = 4096) -> Tensor:
-    """Bilinear (antialiased) resize of a uint8 ``(N, C, H, W)`` tensor, in chunks to bound memory."""
-    out = torch.empty((images.shape[0], images.shape[1], *size), dtype=torch.uint8)
-    for start in range(0, len(images), chunk):
-        block = images[start : start + chunk].float()
-        resized = F.interpolate(block, size=size, mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + chunk] = resized.round_().clamp_(0, 255).to(torch.uint8)
-    return out

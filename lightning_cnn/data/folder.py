@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageArrays, ImageDataModule
+from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, read_image, resize_uint8
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataModule"]
 
-#: File suffixes read as images (case-insensitive); other files are ignored.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
@@ -130,8 +130,6 @@ class ImageFolderDataModule(ImageDataModule):
         raise DataNotFoundError(f"{self.root} cannot be downloaded; it is your own image folder.")
 
     def _read_split(self, folder: Path) -> ImageArrays:
-        from PIL import Image, UnidentifiedImageError
-
         index = {name: i for i, name in enumerate(self.class_names)}
         unknown = [d.name for d in _class_dirs(folder) if d.name not in index]
         if unknown:
@@ -139,19 +137,16 @@ class ImageFolderDataModule(ImageDataModule):
                 f"{folder} has classes {unknown} that {self.split_dirs['train']} lacks; every class needs training "
                 "images (add them, or remove those folders)."
             )
-        height, width = self.image_size
-        mode = "L" if self.grayscale else "RGB"
         images, labels = [], []
         for class_dir in _class_dirs(folder):
             for path in _image_files(class_dir):
                 try:
-                    with Image.open(path) as image:
-                        # Antialiased bilinear, as the in-memory datasets' resize.
-                        pixels = image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-                except (OSError, UnidentifiedImageError) as err:
+                    array = read_image(path, grayscale=self.grayscale)
+                except OSError as err:  # PIL's UnidentifiedImageError is an OSError
                     raise CorruptDataError(f"{path} cannot be read as an image ({err}); fix or remove it.") from None
-                array = np.asarray(pixels, dtype=np.uint8)
-                images.append(array[..., None] if array.ndim == 2 else array)
+                # The datasets' own resize (antialiased bilinear), which prediction on new files applies too.
+                resized = resize_uint8(torch.from_numpy(array).permute(2, 0, 1)[None], self.image_size)
+                images.append(resized[0].permute(1, 2, 0).numpy())
                 labels.append(index[class_dir.name])
         if not images:
             return self._empty()

@@ -20,9 +20,11 @@ The preprocessing the weights were trained with (input size, mean/std) is read f
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -38,6 +40,8 @@ __all__ = [
     "WeightsUnavailableError",
     "load_backbone_weights",
     "load_state_dict_file",
+    "skip_pretrained_weights",
+    "weights_name_for",
     "weights_preprocessing",
 ]
 
@@ -50,6 +54,9 @@ _FC_DROPPED = ("avgpool", "fc")
 #: densenet (its released weights need a key rewrite), inception/googlenet (auxiliary heads, own input scaling),
 #: and the transformers (vit, swin, maxvit), whose features are not a spatial map.
 SUPPORTED_FAMILIES = _FEATURES_FAMILIES + _FC_FAMILIES
+
+# Set inside `skip_pretrained_weights()`: networks are rebuilt for a checkpoint whose state dict holds the weights.
+_SKIP_PRETRAINED = contextvars.ContextVar("skip_pretrained_weights", default=False)
 
 # How many mismatched keys an error message lists before it says "...".
 _KEYS_SHOWN = 6
@@ -159,6 +166,21 @@ def load_backbone_weights(backbone: nn.Module, path: Union[str, Path]) -> None:
     _load_strict(backbone, best, "the backbone", str(path))
 
 
+@contextmanager
+def skip_pretrained_weights() -> Iterator[None]:
+    """Within this block, :class:`TorchvisionNet` builds its layers without loading its pretrained ``weights``.
+
+    For rebuilding a network whose weights come from a checkpoint right afterwards
+    (:meth:`ImageClassifier.load_from_checkpoint <lightning_cnn.ImageClassifier.load_from_checkpoint>`, and the CLI's
+    ``--ckpt_path``): the original weights file, torchvision's cache or the network are then not needed.
+    """
+    token = _SKIP_PRETRAINED.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_PRETRAINED.reset(token)
+
+
 def _resolve_weights(arch: str, name: str) -> Any:
     """The torchvision ``WeightsEnum`` member for ``arch`` named ``name`` (short or ``Enum.MEMBER`` form)."""
     from torchvision.models import get_model_weights
@@ -175,6 +197,19 @@ def _resolve_weights(arch: str, name: str) -> Any:
             f"weights={name!r} is not a torchvision weights name of {arch} (known: {names}, 'DEFAULT'); "
             "give one of those, a path to a local state-dict file, or 'none'."
         ) from None
+
+
+def weights_name_for(arch: str, weights: Optional[str]) -> Optional[str]:
+    """The full torchvision name (``"VGG16_Weights.IMAGENET1K_V1"``) of ``TorchvisionNet(arch, weights)``'s named
+    weights, whose preprocessing the data must follow; ``None`` for random initialisation or a local file.
+
+    Raises:
+        ValueError: If ``weights`` is not a weights name of ``arch``.
+    """
+    if _is_none(weights) or _looks_like_path(str(weights)):
+        return None
+    member = _resolve_weights(arch, str(weights))
+    return f"{type(member).__name__}.{member.name}"
 
 
 def weights_preprocessing(name: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[int, int]]:
@@ -312,7 +347,7 @@ class TorchvisionNet(nn.Module):
         from torchvision.models import get_model
 
         model = get_model(self.arch, weights=None)
-        if self.weights is None:
+        if self.weights is None or _SKIP_PRETRAINED.get():
             return model
         if _looks_like_path(self.weights):
             state = load_state_dict_file(self.weights)

@@ -1,0 +1,69 @@
+"""Reading checkpoint files a user points at: untrusted, so loaded with ``weights_only=True``, and checked against
+the model they are meant for, with one-line errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    """The checkpoint dict saved by Lightning at ``path``, on the CPU.
+
+    Raises:
+        CheckpointError: If the file does not exist or is not a Lightning/PyTorch checkpoint.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; give the path of a .ckpt file, e.g. "
+            "runs/<experiment>/version_N/checkpoints/last.ckpt."
+        )
+    try:
+        # weights_only: tensors and plain containers only; unpickling anything else could run code.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({first_line[:200]}).") from None
+    if not isinstance(loaded, Mapping) or not isinstance(loaded.get("state_dict"), Mapping):
+        raise CheckpointError(
+            f"{path} is a PyTorch file but not a Lightning checkpoint (no state_dict); give a .ckpt written by "
+            "cli.py fit."
+        )
+    return dict(loaded)
+
+
+def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Raise one line naming the first layer whose shape differs (or the first missing/unexpected key).
+
+    Raises:
+        CheckpointError: If ``state`` cannot be loaded into ``model`` strictly.
+    """
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{source} does not fit the model: {key} is {tuple(state[key].shape)} in the checkpoint but "
+                f"{tuple(value.shape)} in the model built from the config (another architecture or number of "
+                "classes); use the config the checkpoint was trained with."
+            )
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        which = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which the model lacks"
+        count = len(missing) + len(unexpected)
+        raise CheckpointError(
+            f"{source} does not fit the model: the checkpoint {which} ({count} key(s) differ; another "
+            "architecture); use the config the checkpoint was trained with."
+        )

@@ -1,0 +1,179 @@
+"""What an image goes through before the network sees it, recorded once so that training, prediction on new
+images and exported models apply exactly the same steps.
+
+A datamodule describes its preprocessing as a :class:`Preprocessing` (class names, input size, channels,
+normalization); the CLI links it into :class:`~lightning_cnn.ImageClassifier`, whose hyperparameters — and so
+every checkpoint — carry it as a plain dict. ``predict`` on new files, :func:`~lightning_cnn.predict.predict_images`
+and :mod:`lightning_cnn.export` read it back from the checkpoint: no data config has to be repeated.
+
+The steps, in order: decode (grayscale ``L`` or ``RGB``), resize to ``image_size`` (antialiased bilinear, the
+same function the in-memory datamodules resize with), scale to [0, 1], repeat a single channel to three when
+``to_rgb``, then subtract ``mean`` and divide by ``std`` when they are set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "normalize_uint8", "read_image", "resize_uint8"]
+
+#: File suffixes read as images (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Images resized per chunk, to bound the float copy's memory on large datasets.
+_RESIZE_CHUNK = 4096
+
+
+def resize_uint8(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (antialiased) resize of a uint8 ``(N, C, H, W)`` tensor; returned unchanged at its size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], *size), dtype=torch.uint8)
+    for start in range(0, len(images), _RESIZE_CHUNK):
+        block = images[start : start + _RESIZE_CHUNK].float()
+        resized = F.interpolate(block, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out[start : start + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def normalize_uint8(
+    images: Tensor, mean: Optional[Tensor] = None, std: Optional[Tensor] = None, to_rgb: bool = False
+) -> Tensor:
+    """uint8 ``(N, C, H, W)`` → float32 in [0, 1], a single channel repeated to 3 if ``to_rgb``, then
+    ``(x - mean) / std`` with ``mean``/``std`` shaped ``(1, C, 1, 1)`` (or ``None`` for plain scaling)."""
+    x = images.float().div_(255.0)
+    if to_rgb and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if mean is not None:
+        x = (x - mean) / std
+    return x.contiguous()
+
+
+def read_image(path: Union[str, Path], grayscale: bool) -> np.ndarray:
+    """Decode an image file as uint8 ``(H, W, C)`` with C = 1 (``L``) or 3 (``RGB``).
+
+    Raises:
+        OSError: If the file cannot be decoded (PIL's ``UnidentifiedImageError`` is one).
+    """
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """The input a trained network expects, and how raw images are turned into it.
+
+    Args:
+        class_names: Name of each output class, in output order.
+        image_size: ``(height, width)`` the images are resized to.
+        channels: Channels images are read with: 1 (grayscale) or 3 (RGB).
+        to_rgb: Repeat a single channel to three (networks pretrained on RGB).
+        mean: Per-channel mean subtracted after scaling to [0, 1]; ``None``: no standardization.
+        std: Per-channel standard deviation, with ``mean``.
+    """
+
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    channels: int
+    to_rgb: bool = False
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels={self.channels}; images are read with 1 (grayscale) or 3 (RGB) channels.")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both or neither.")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the network's input (3 when a grayscale image is repeated to RGB)."""
+        return 3 if self.to_rgb else self.channels
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image as the network sees it."""
+        return (self.input_channels, *self.image_size)
+
+    # --- stored in checkpoints as plain types (weights_only-loadable) ---------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class_names": list(self.class_names),
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "to_rgb": self.to_rgb,
+            "mean": None if self.mean is None else list(self.mean),
+            "std": None if self.std is None else list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Preprocessing:
+        def floats(values: Optional[Sequence[float]]) -> Optional[tuple[float, ...]]:
+            return None if values is None else tuple(float(v) for v in values)
+
+        return cls(
+            class_names=tuple(str(n) for n in record["class_names"]),
+            image_size=tuple(int(s) for s in record["image_size"]),  # type: ignore[arg-type]
+            channels=int(record["channels"]),
+            to_rgb=bool(record.get("to_rgb", False)),
+            mean=floats(record.get("mean")),
+            std=floats(record.get("std")),
+        )
+
+    # --- applying it -------------------------------------------------------------------------------------------
+
+    def statistics(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """``mean`` and ``std`` as ``(1, C, 1, 1)`` tensors over the network's input channels (or ``None``)."""
+        if self.mean is None:
+            return None, None
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32).expand(self.input_channels).reshape(shape)
+        std = torch.tensor(self.std, dtype=torch.float32).expand(self.input_channels).reshape(shape)
+        return mean, std
+
+    def read(self, path: Union[str, Path]) -> Tensor:
+        """Decode and resize one image file: uint8 ``(C, H, W)`` (``OSError`` if it is not an image)."""
+        array = read_image(path, grayscale=self.channels == 1)
+        return self.from_array(array[None])[0]
+
+    def from_array(self, images: np.ndarray) -> Tensor:
+        """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` → resized uint8 ``(N, C, H, W)``; one channel is repeated to
+        three for an RGB network, three are averaged to one (``L``'s weights) for a grayscale one.
+
+        Raises:
+            ValueError: On another dtype, rank or channel count.
+        """
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(
+                f"images of dtype {images.dtype} and shape {images.shape}; give uint8 (N, H, W) or (N, H, W, C)."
+            )
+        if images.ndim == 3:
+            images = images[..., None]
+        c = images.shape[-1]
+        if c not in (1, 3, 4):
+            raise ValueError(f"images with {c} channels (shape {images.shape}); give 1 (grayscale), 3 (RGB) or 4.")
+        x = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2)
+        if self.channels == 1 and x.shape[1] == 3:
+            # PIL's "L" conversion in its own fixed-point form (ITU-R 601-2 luma, weights scaled by 2**16), so an
+            # RGB array and the same picture as a file give the same gray levels.
+            weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).reshape(1, 3, 1, 1)
+            x = (((x.int() * weights).sum(dim=1, keepdim=True) + 32768) >> 16).to(torch.uint8)
+        elif self.channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return resize_uint8(x.contiguous(), self.image_size)
+
+    def to_input(self, images: Tensor) -> Tensor:
+        """Resized uint8 ``(N, C, H, W)`` → the float batch the network takes."""
+        mean, std = self.statistics()
+        return normalize_uint8(images, mean, std, self.to_rgb)
