@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from jsonargparse import Namespace
-from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_warn
@@ -27,7 +27,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
 from lightning_cnn.checkpoints import CheckpointError, check_state_dict_fits, load_checkpoint
-from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule
+from lightning_cnn.data.base import CorruptDataError, DataNotFoundError
+from lightning_cnn.export import ExportError
 from lightning_cnn.models.backbones import (
     TorchvisionNet,
     WeightsMismatchError,
@@ -42,6 +43,8 @@ __all__ = ["CNNCLI", "ConfigError", "main"]
 # A YAML `optimizer:` replaces ImageClassifier.configure_optimizers, which is only the Python-API default;
 # Lightning warns about that replacement on every run although it is the intended behaviour here.
 warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
+# Raised inside Lightning itself (its pytree helper) on every predict; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
@@ -74,7 +77,9 @@ class CNNCLI(LightningCLI):
         # Never overwrite a run's saved config; every run gets its own version folder.
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
-        super().__init__(ImageClassifier, ImageDataModule, *args, **kwargs)
+        # Any LightningDataModule that offers what the links read (num_classes, dims, preprocessing): the image
+        # datamodules, ImageFilesDataModule for new images, or a project's own.
+        super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     # --- parsing -----------------------------------------------------------------------------------------------
 
@@ -431,6 +436,7 @@ class ConfigError(ValueError):
 # Errors whose message already names the bad value and the fix: the command line prints just that line.
 _USER_ERRORS = (
     ConfigError,
+    ExportError,
     CheckpointError,
     DataNotFoundError,
     CorruptDataError,
@@ -461,7 +467,7 @@ def main(args: Optional[list[str]] = None) -> None:
         if argv and argv[0] == "export":
             from lightning_cnn.export import main as export_main
 
-            export_main(argv[1:])
+            export_main(argv[1:])  # its own small parser: a checkpoint, a format, an output file
         else:
             CNNCLI(args=args)
     except _USER_ERRORS as err:

@@ -2,6 +2,7 @@
 
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule, InMemoryImageDataset
 from lightning_cnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lightning_cnn.data.files import ImageFilesDataModule
 from lightning_cnn.data.folder import ImageFolderDataModule
 from lightning_cnn.data.mnist import FashionMNISTDataModule, MNISTDataModule
 
@@ -13,6 +14,7 @@ __all__ = [
     "DataNotFoundError",
     "FashionMNISTDataModule",
     "ImageDataModule",
+    "ImageFilesDataModule",
     "ImageFolderDataModule",
     "InMemoryImageDataset",
     "MNISTDataModule",
