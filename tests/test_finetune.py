@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_cnn import ImageClassifier
 from lightning_cnn.callbacks import FreezeBackbone, KerasModelSummary
 from lightning_cnn.cli import CNNCLI
+from lightning_cnn.data import CIFAR10DataModule
 from lightning_cnn.models import ConvNet
 from lightning_cnn.models.backbones import WeightsMismatchError
 from tests.conftest import write_fake_cifar
@@ -363,8 +364,9 @@ def test_vgg16_config_runs_offline_without_weights(in_tmp, capsys):
     # The YAML optimizer was built over all parameters; the frozen VGG16 part is not in it.
     params = cli.trainer.optimizers[0].param_groups[0]["params"]
     assert {id(p) for p in params} == {id(p) for p in cli.model.net.head.parameters()}
-    # Normalisation comes from the weights' metadata.
-    assert cli.datamodule.train_set.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    # Without pretrained weights there is no weights' preprocessing to follow: CIFAR-10's own statistics apply.
+    assert cli.datamodule.normalize_from_weights is None
+    assert cli.datamodule.train_set.mean.flatten().tolist() == pytest.approx(list(CIFAR10DataModule.mean))
 
 
 def test_vgg16_config_with_a_local_weights_file(in_tmp):

@@ -145,3 +145,77 @@ def test_early_stopping_restores_best_weights(restore):
         clone.load_state_dict(state)
         assert clone.best_epoch == 1 and torch.equal(clone.best_weights["net.head.output.layer.bias"],
                                                      expected["net.head.output.layer.bias"])  # fmt: skip
+
+
+class _ConstantLogit(nn.Module):
+    """A one-logit network whose logits lie in [0, 1] (so a metric could mistake them for probabilities)."""
+
+    num_outputs = 1
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.forward_calls = 0
+
+    def forward(self, x):
+        self.forward_calls += 1
+        return torch.full((x.shape[0], 1), self.value) + 0 * self.bias
+
+
+def test_binary_accuracy_thresholds_logits_at_zero():
+    # Logit 0.3 is class 1 (sigmoid 0.57); read as a probability it would be class 0 and accuracy 0.0.
+    model = ImageClassifier(_ConstantLogit(0.3), num_classes=2)
+    x = torch.zeros(8, 1, 28, 28)
+    loader = DataLoader(TensorDataset(x, torch.ones(8, dtype=torch.long)), batch_size=4)
+    metrics = _trainer().validate(model, loader, verbose=False)[0]
+    assert metrics["val/acc"] == 1.0
+    assert model.predicted_labels(model(x)).tolist() == [1] * 8
+    assert model.probabilities(model(x)).argmax(1).tolist() == [1] * 8  # predictions follow the same rule
+
+
+def test_confusion_matrix_comes_from_the_test_steps_without_another_forward_pass(tmp_path):
+    from lightning_cnn.callbacks import ClassificationReport, TrainingPlots
+
+    net = _ConstantLogit(-1.0)  # always class 0
+    model = ImageClassifier(net, num_classes=2)
+    y = torch.tensor([0, 0, 0, 1, 1, 0, 1, 0])
+    loader = DataLoader(TensorDataset(torch.zeros(8, 1, 28, 28), y), batch_size=4)
+    report = ClassificationReport()
+    trainer = _trainer(default_root_dir=tmp_path, callbacks=[TrainingPlots(), report])
+    trainer.test(model, loader, verbose=False)
+    assert net.forward_calls == 2  # one per batch: the picture and the report reuse the steps' figures
+    assert model.confusion_matrices["test"].tolist() == [[5, 0], [3, 0]]
+    assert (tmp_path / "confusion_matrix.png").exists()
+    assert list(tmp_path.glob("classification_report_test.csv"))
+    # class 0: precision 5/8, recall 1, F1 10/13; class 1 never predicted: 0 (scikit-learn's zero_division=0).
+    lines = {line.split()[0]: line.split()[1:] for line in report.last_report.splitlines()[1:] if line}
+    assert lines["0"] == ["0.6250", "1.0000", "0.7692", "5"] and lines["1"] == ["0.0000", "0.0000", "0.0000", "3"]
+
+
+def test_per_class_scores_agree_with_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from lightning_cnn.callbacks.report import per_class_scores
+
+    g = torch.Generator().manual_seed(0)
+    y_true, y_pred = torch.randint(0, 5, (300,), generator=g), torch.randint(0, 5, (300,), generator=g)
+    y_pred[y_pred == 4] = 3  # class 4 is never predicted
+    confusion = torch.bincount(y_true * 5 + y_pred, minlength=25).reshape(5, 5)
+    scores = per_class_scores(confusion)
+    expected = precision_recall_fscore_support(y_true.numpy(), y_pred.numpy(), labels=range(5), zero_division=0)
+    for ours, theirs in zip((scores[k] for k in ("precision", "recall", "f1", "support")), expected):
+        assert ours.tolist() == pytest.approx(theirs.tolist())
+
+
+def test_checkpoint_of_a_model_built_in_python_records_the_datamodules_preprocessing(tmp_path, mnist_dir):
+    from lightning_cnn.data import MNISTDataModule
+
+    dm = MNISTDataModule(data_dir=str(mnist_dir), download=False, batch_size=32)
+    model = ImageClassifier(LeNet())
+    trainer = _trainer(default_root_dir=tmp_path, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]["preprocessing"]
+    assert saved["class_names"] == [str(d) for d in range(10)] and saved["mean"] == [0.1307]
+    assert ImageClassifier.load_from_checkpoint(tmp_path / "m.ckpt", net=LeNet()).preprocessing == dm.preprocessing

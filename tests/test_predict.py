@@ -178,3 +178,28 @@ def test_bad_inputs_end_with_one_error_line(trained, tmp_path, capsys, monkeypat
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_two_process_predict_writes_the_same_files_as_one_process(tmp_path):
+    from tests.test_ddp import run_cli, write_experiment
+
+    data_dir = write_fake_mnist(tmp_path / "mnist", n_train=384, n_test=N_TEST)
+    config = write_experiment(tmp_path, data_dir, max_epochs=1)
+    run_cli(tmp_path / "fit", "fit", "--config", str(config), "--trainer.limit_train_batches", "3", "--test_after_fit",
+            "false")  # fmt: skip
+    ckpt = str(tmp_path / "fit" / "runs" / "version_0" / "checkpoints" / "last.ckpt")
+    predict_args = ["predict", "--config", str(config), "--ckpt_path", ckpt]
+    run_cli(tmp_path / "one", *predict_args, "--trainer.devices", "1")
+    run_cli(tmp_path / "two", *predict_args, "--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml"))
+
+    outputs = {}
+    for name in ("one", "two"):
+        tables = list((tmp_path / name / "runs").rglob("predictions.csv"))
+        assert len(tables) == 1, tables  # written once, by rank 0
+        outputs[name] = (read_rows(tables[0]), np.load(tables[0].with_name("probabilities.npy")))
+    (rows_one, p_one), (rows_two, p_two) = outputs["one"], outputs["two"]
+    assert [r["id"] for r in rows_two] == [str(i) for i in range(N_TEST)]  # every image once, in input order
+    # The same model on the same images; only the batch split differs (float summation order).
+    np.testing.assert_allclose(p_two, p_one, atol=1e-6)
+    text = ("id", "label", "prediction", "top1", "top2", "top3")
+    assert [[r[k] for k in text] for r in rows_two] == [[r[k] for k in text] for r in rows_one]
