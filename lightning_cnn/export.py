@@ -114,7 +114,7 @@ def export(checkpoint: Union[str, Path], format: Format = "onnx", out: Optional[
         ExportError: On an unknown format, an existing ``out``, or a missing ONNX package.
         CheckpointError: If ``checkpoint`` is not a usable checkpoint.
     """
-    from lightning_cnn.callbacks.plots import free_path
+    from lightning_cnn.paths import free_path
 
     if format not in FORMATS:
         raise ExportError(f"--format {format!r}; choose one of {sorted(FORMATS)}.")

@@ -16,8 +16,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from lightning_cnn.callbacks.plots import free_path
 from lightning_cnn.data.files import UNKNOWN_LABEL, load_inputs
+from lightning_cnn.paths import free_path
 
 __all__ = ["DEFAULT_TOP_K", "PredictionTable", "predict_images"]
 

@@ -18,18 +18,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lightning_cnn.paths import free_path
+
 __all__ = ["free_path", "main", "preview_grid"]
 
 DEFAULT_DIR = Path("runs") / "preview"
-
-
-def free_path(path: Path) -> Path:
-    """``path`` if it does not exist, else the first free ``stem_1.png``, ``stem_2.png``… next to it."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-    return candidate
 
 
 def _pick(labels: Tensor, count: int) -> list[int]:

@@ -13,19 +13,12 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor
 
+from lightning_cnn.paths import free_path
+
 __all__ = ["TrainingPlots", "free_path"]
 
 # (panel title, train metric, validation metric) for the learning-curve figure.
 _CURVES = (("loss", "train/loss_epoch", "val/loss"), ("accuracy", "train/acc_epoch", "val/acc"))
-
-
-def free_path(path: Path) -> Path:
-    """``path`` if nothing is there yet, else the first free ``stem_N.suffix`` beside it."""
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
-        n += 1
-    return candidate
 
 
 class TrainingPlots(pl.Callback):
