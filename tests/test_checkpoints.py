@@ -55,7 +55,9 @@ def test_finetuned_torchvision_checkpoint_loads_and_predicts_without_the_weights
     weights = in_tmp / f"{ARCH}.pth"
     torch.save(get_model(ARCH, weights=None).state_dict(), weights)
     net = ["--model.init_args.net.init_args.arch", ARCH, "--model.init_args.net.init_args.weights", str(weights)]
-    cli = CNNCLI(args=["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp), *net, "--test_after_fit", "false"])
+    cli = CNNCLI(
+        args=["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp), *net, "--test_after_fit", "false"]
+    )
     last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     weights.unlink()  # a machine without the original weights
 
@@ -90,8 +92,15 @@ def cached_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_the_networks_weights_decide_the_normalization(in_tmp, cached_weights):
     cached_weights("resnet18")
-    net = ["--model.init_args.net.init_args.arch", "resnet18", "--model.init_args.net.init_args.weights", "IMAGENET1K_V1"]
-    cli = CNNCLI(args=["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp), *net, "--test_after_fit", "false"])
+    net = [
+        "--model.init_args.net.init_args.arch",
+        "resnet18",
+        "--model.init_args.net.init_args.weights",
+        "IMAGENET1K_V1",
+    ]
+    cli = CNNCLI(
+        args=["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp), *net, "--test_after_fit", "false"]
+    )
     # Swapping arch swapped the preprocessing with it (the config names the weights once).
     assert cli.datamodule.normalize_from_weights == "ResNet18_Weights.IMAGENET1K_V1"
     preprocessing = cli.model.preprocessing
@@ -100,7 +109,6 @@ def test_the_networks_weights_decide_the_normalization(in_tmp, cached_weights):
     last = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)["hyper_parameters"]["preprocessing"]
     assert saved["mean"] == pytest.approx([0.485, 0.456, 0.406])
-
 
 
 def test_normalization_that_contradicts_the_weights_is_refused(in_tmp, cached_weights, capsys):
