@@ -130,11 +130,15 @@ def export(checkpoint: Union[str, Path], format: Format = "onnx", out: Optional[
     example = torch.rand(_EXAMPLE_BATCH, preprocessing.channels, *preprocessing.image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = metadata(preprocessing, checkpoint)
-    if format == "onnx":
-        _export_onnx(model, example, path, info)
-    else:
-        _export_torchscript(model, example, path, info)
-    _check(model, path, format, preprocessing)
+    try:
+        if format == "onnx":
+            _export_onnx(model, example, path, info)
+        else:
+            _export_torchscript(model, example, path, info)
+        _check(model, path, format, preprocessing)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written or unverified file left behind
+        raise
     return path
 
 

@@ -67,9 +67,9 @@ def test_finetuned_torchvision_checkpoint_loads_and_predicts_without_the_weights
     with torch.no_grad():
         torch.testing.assert_close(reloaded.predict_step(x, 0), cli.model.predict_step(x, 0))
     # The CLI too: test and predict from the checkpoint alone (model and data rebuilt from it).
-    tested = CNNCLI(args=["test", "--ckpt_path", str(last), "--trainer.limit_test_batches", "1"])
+    tested = CNNCLI(args=["test", "--ckpt_path", str(last), "--trainer.limit_test_batches", "2"])
     assert "test/acc" in tested.trainer.callback_metrics
-    predicted = CNNCLI(args=["predict", "--ckpt_path", str(last), "--trainer.limit_predict_batches", "1"])
+    predicted = CNNCLI(args=["predict", "--ckpt_path", str(last), "--trainer.limit_predict_batches", "2"])
     assert predicted.trainer.state.finished
     # Every checkpoint the CLI writes loads with weights_only=True (no pickled objects).
     for path in Path(cli.trainer.log_dir, "checkpoints").glob("*.ckpt"):
