@@ -45,6 +45,9 @@ __all__ = ["CNNCLI", "ConfigError", "main"]
 warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
 # Raised inside Lightning itself (its pytree helper) on every predict; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Every run here logs into a new version folder, so a checkpoint restored by `--ckpt_path` always comes from another
+# folder than the run's: Lightning's notice about it would appear on every test, predict and resume.
+warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict")

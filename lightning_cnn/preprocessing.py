@@ -65,7 +65,7 @@ def read_image(path: Union[str, Path], grayscale: bool) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
+        array = np.array(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)  # a writable copy for torch
     return array[..., None] if array.ndim == 2 else array
 
 

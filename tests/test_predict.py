@@ -180,15 +180,11 @@ def test_bad_inputs_end_with_one_error_line(trained, tmp_path, capsys, monkeypat
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
 
 
-def test_two_process_predict_writes_the_same_files_as_one_process(tmp_path):
-    from tests.test_ddp import run_cli, write_experiment
+def test_two_process_predict_writes_the_same_files_as_one_process(trained, tmp_path):
+    from tests.test_ddp import run_cli
 
-    data_dir = write_fake_mnist(tmp_path / "mnist", n_train=384, n_test=N_TEST)
-    config = write_experiment(tmp_path, data_dir, max_epochs=1)
-    run_cli(tmp_path / "fit", "fit", "--config", str(config), "--trainer.limit_train_batches", "3", "--test_after_fit",
-            "false")  # fmt: skip
-    ckpt = str(tmp_path / "fit" / "runs" / "version_0" / "checkpoints" / "last.ckpt")
-    predict_args = ["predict", "--config", str(config), "--ckpt_path", ckpt]
+    data = ["--data.init_args.data_dir", str(trained["data_dir"]), "--data.init_args.download", "false"]
+    predict_args = ["predict", "--config", str(CONFIG), "--ckpt_path", str(trained["ckpt"]), *data, *QUIET]
     run_cli(tmp_path / "one", *predict_args, "--trainer.devices", "1")
     run_cli(tmp_path / "two", *predict_args, "--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml"))
 
