@@ -10,18 +10,18 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint"]
+__all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint", "load_untrusted"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
-def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
-    """The checkpoint dict saved by Lightning at ``path``, on the CPU.
+def load_untrusted(path: Union[str, Path]) -> Any:
+    """``torch.load`` of a file a user points at: on the CPU, tensors and plain containers only.
 
     Raises:
-        CheckpointError: If the file does not exist or is not a Lightning/PyTorch checkpoint.
+        CheckpointError: If the file does not exist or is not a PyTorch file of that kind.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -31,17 +31,27 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
         )
     try:
         # weights_only: tensors and plain containers only; unpickling anything else could run code.
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 — whatever a foreign file makes torch.load raise, it is not a checkpoint
         if "weights_only" in str(err) or "Weights only" in str(err):
             raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint, or it holds Python objects besides tensors, which are not "
-                "loaded from files a user points at (unpickling them could run code)."
+                f"{path} is not a PyTorch checkpoint/state dict, or it holds Python objects besides tensors, which "
+                "are not loaded from files a user points at (unpickling them could run code)."
             ) from None
         lines = str(err).strip().splitlines()
         raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint ({type(err).__name__}: {lines[0][:160] if lines else 'unreadable'})."
+            f"{path} is not a PyTorch checkpoint/state dict ({type(err).__name__}: "
+            f"{lines[0][:160] if lines else 'unreadable'})."
         ) from None
+
+
+def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+    """The checkpoint dict saved by Lightning at ``path``, on the CPU.
+
+    Raises:
+        CheckpointError: If the file does not exist or is not a Lightning/PyTorch checkpoint.
+    """
+    loaded = load_untrusted(path)
     if not isinstance(loaded, Mapping) or not isinstance(loaded.get("state_dict"), Mapping):
         raise CheckpointError(
             f"{path} is a PyTorch file but not a Lightning checkpoint (no state_dict); give a .ckpt written by "

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torchvision.models import get_model, get_model_weights
 
+from lightning_cnn.checkpoints import CheckpointError
 from lightning_cnn.models import TorchvisionNet
 from lightning_cnn.models.backbones import (
     WeightsMismatchError,
@@ -124,7 +125,7 @@ def test_weights_of_another_architecture_name_the_mismatched_keys(tmp_path):
 def test_weights_file_is_loaded_weights_only(tmp_path):
     path = tmp_path / "pickled.pth"
     torch.save({"conv1.weight": torch.zeros(1), "note": Path("x")}, path)  # an arbitrary object inside
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(CheckpointError, match="holds Python objects besides tensors"):
         TorchvisionNet(3, 4, (32, 32), arch="resnet18", weights=str(path))
 
 

@@ -30,7 +30,14 @@ from lightning_cnn.augmentation import Augmentation, seed_worker
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
 from lightning_cnn.preprocessing import Preprocessing, normalize_uint8, resize_uint8
 
-__all__ = ["CorruptDataError", "DataNotFoundError", "ImageArrays", "ImageDataModule", "InMemoryImageDataset"]
+__all__ = [
+    "CorruptDataError",
+    "DataNotFoundError",
+    "ImageArrays",
+    "ImageDataModule",
+    "InMemoryImageDataset",
+    "check_label_range",
+]
 
 DEFAULT_DATA_DIR = "data"
 # With a per-sample augmentation the loader, not the model, is the bottleneck on small images.
@@ -45,6 +52,22 @@ class DataNotFoundError(RuntimeError):
 
 class CorruptDataError(RuntimeError):
     """A dataset file exists but cannot be parsed."""
+
+
+def check_label_range(labels: np.ndarray, num_classes: Optional[int], path: Path) -> None:
+    """Raise one line naming ``path`` and the first label outside ``0..num_classes-1`` (``None``: no check).
+
+    Raises:
+        CorruptDataError: If a label is out of range.
+    """
+    if num_classes is None or len(labels) == 0:
+        return
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise CorruptDataError(
+            f"{path} holds label {int(bad[0])}, outside 0..{num_classes - 1} for this {num_classes}-class dataset "
+            f"({len(bad)} such label(s)); fix the file or use the datamodule of the dataset it belongs to."
+        )
 
 
 class ImageArrays:

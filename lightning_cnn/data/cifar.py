@@ -1,26 +1,43 @@
 """CIFAR-10 and CIFAR-100 from their "python version" archives: pickled dicts of 3072-byte rows.
 
 Each batch file is a pickle (protocol 2, byte-string keys) with ``b"data"`` (uint8, N×3072: 1024 red, then green,
-then blue values, row-major 32×32) and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). Pickles can
-run code when loaded: read only archives from a source you trust (torchvision's download checks their MD5).
+then blue values, row-major 32×32) and ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). A pickle can
+name any Python callable to run while it is loaded, so batches are read with an unpickler that admits only what
+real CIFAR files hold (dicts, lists, bytes, strings, numbers and numpy arrays) and refuses anything else.
 """
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule
+from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule, check_label_range
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "read_cifar_batch", "write_cifar_batch"]
 
 _ROW = 3 * 32 * 32
+# The only callables a CIFAR batch pickle names: numpy's array reconstruction, and the bytes codec protocol 2 uses
+# for byte strings. Everything else a pickle could name (os.system, builtins.eval, ...) is refused.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
 
 
-def read_cifar_batch(path: Path, label_key: str) -> ImageArrays:
+class _CIFARUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never contains")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path, label_key: str, num_classes: Optional[int] = None) -> ImageArrays:
     """Read one pickled CIFAR batch into ``(N, 32, 32, 3)`` images and labels.
 
     Raises:
@@ -29,8 +46,10 @@ def read_cifar_batch(path: Path, label_key: str) -> ImageArrays:
     fix = f"delete {path.parent} and download it again (or point data.data_dir at an intact copy)"
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as err:
+            batch = _CIFARUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise CorruptDataError(f"{path} is refused: {err} (not loaded, as it could run code); {fix}.") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         raise CorruptDataError(
             f"{path} cannot be read as a CIFAR batch ({type(err).__name__}: {err}); {fix}."
         ) from None
@@ -42,6 +61,7 @@ def read_cifar_batch(path: Path, label_key: str) -> ImageArrays:
     labels = np.asarray(batch[key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != _ROW or len(data) != len(labels):
         raise CorruptDataError(f"{path} holds data {data.shape} and {len(labels)} labels, expected (N, {_ROW}); {fix}.")
+    check_label_range(labels, num_classes, path)
     return ImageArrays(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
 
 
@@ -90,7 +110,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     def _read(self, folder: Path) -> tuple[ImageArrays, ImageArrays]:
         def read(files: tuple[str, ...]) -> ImageArrays:
-            parts = [read_cifar_batch(folder / f, self._label_key) for f in files]
+            parts = [read_cifar_batch(folder / f, self._label_key, len(self.class_names)) for f in files]
             return ImageArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
         return read(self._train_files), read(self._test_files)

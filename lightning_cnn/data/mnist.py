@@ -12,7 +12,7 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule
+from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule, check_label_range
 
 __all__ = ["FashionMNISTDataModule", "MNISTDataModule", "read_idx", "write_idx"]
 
@@ -87,7 +87,8 @@ class MNISTDataModule(ImageDataModule):
         return None
 
     def _read(self, folder: Path) -> tuple[ImageArrays, ImageArrays]:
-        arrays = {key: read_idx(_existing(folder / name)) for key, name in _FILES.items()}
+        paths = {key: _existing(folder / name) for key, name in _FILES.items()}
+        arrays = {key: read_idx(path) for key, path in paths.items()}
         for split in ("train", "test"):
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -95,6 +96,7 @@ class MNISTDataModule(ImageDataModule):
                     f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match; "
                     "delete the files and download them again."
                 )
+            check_label_range(labels, len(self.class_names), paths[f"{split}_labels"])
         return (
             ImageArrays(arrays["train_images"][..., None], arrays["train_labels"]),
             ImageArrays(arrays["test_images"][..., None], arrays["test_labels"]),

@@ -90,13 +90,15 @@ def load_state_dict_file(path: Union[str, Path]) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        lightning_cnn.checkpoints.CheckpointError: If it is not a PyTorch file of tensors.
         WeightsMismatchError: If the file holds no state dict.
     """
+    from lightning_cnn.checkpoints import load_untrusted
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist; give the path of a saved state dict.")
-    # weights_only: a weights file may come from anywhere, and unpickling arbitrary objects can run code.
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    loaded = load_untrusted(path)  # weights_only: a weights file may come from anywhere
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]  # a Lightning checkpoint
     if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):

@@ -1,0 +1,84 @@
+"""Bad and untrusted input files: refused with one line naming the file, before any code in them runs or any
+training step sees a bad value."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_cnn.cli import main
+from lightning_cnn.data import CIFAR10DataModule, CorruptDataError, MNISTDataModule
+from lightning_cnn.data.mnist import write_idx
+from lightning_cnn.models import TorchvisionNet
+from tests.conftest import CONFIGS, write_fake_cifar, write_fake_mnist
+
+
+class _Payload:
+    """A pickle that runs code when loaded: it writes ``target``."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.target)!r}, 'w').write('ran')",))
+
+
+def _error_line(capsys, args: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err), "\n".join(err)
+    return err[-1]
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(in_tmp, capsys):
+    root = write_fake_cifar(in_tmp / "cifar10", 10)
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    target = in_tmp / "pwned.txt"
+    with open(batch, "wb") as f:
+        pickle.dump({b"data": _Payload(target), b"labels": [0]}, f, protocol=2)
+
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), "--data.init_args.data_dir",
+                                str(root), "--data.init_args.download", "false"])  # fmt: skip
+    assert line.startswith(f"error: {batch} is refused: it names ") and "exec, which a CIFAR batch never" in line
+    assert not target.exists()  # the payload never ran
+
+
+def test_real_format_cifar_batches_still_load(cifar10_dir):
+    dm = CIFAR10DataModule(data_dir=str(cifar10_dir), download=False, val_split=0)
+    dm.setup()
+    assert len(dm.train_set) == 5 * 40 and dm.train_set.images.dtype == torch.uint8
+
+
+def test_out_of_range_labels_are_refused_when_read(tmp_path):
+    folder = write_fake_mnist(tmp_path / "mnist")
+    labels = np.zeros(240, dtype=np.uint8)
+    labels[17] = 12
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(CorruptDataError, match=r"train-labels-idx1-ubyte\.gz holds label 12, outside 0\.\.9"):
+        MNISTDataModule(data_dir=str(folder), download=False).setup()
+
+
+def test_out_of_range_cifar_labels_are_refused(tmp_path):
+    root = write_fake_cifar(tmp_path / "cifar10", 10)
+    from lightning_cnn.data.cifar import write_cifar_batch
+
+    write_cifar_batch(
+        root / "cifar-10-batches-py" / "test_batch", np.zeros((2, 32, 32, 3), np.uint8), [3, 10], "labels"
+    )
+    with pytest.raises(CorruptDataError, match=r"test_batch holds label 10, outside 0\.\.9"):
+        CIFAR10DataModule(data_dir=str(root), download=False).setup()
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"PK\x03\x04 not really a zip"])
+def test_a_weights_file_that_is_not_a_state_dict_says_so(tmp_path, content):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(Exception, match=rf"{path} is not a PyTorch checkpoint/state dict") as info:
+        TorchvisionNet(arch="resnet18", input_size=(32, 32), weights=str(path))
+    assert "\n" not in str(info.value)
