@@ -82,3 +82,20 @@ def test_a_weights_file_that_is_not_a_state_dict_says_so(tmp_path, content):
     with pytest.raises(Exception, match=rf"{path} is not a PyTorch checkpoint/state dict") as info:
         TorchvisionNet(arch="resnet18", input_size=(32, 32), weights=str(path))
     assert "\n" not in str(info.value)
+
+
+def test_an_empty_class_folder_is_named_and_gets_no_output(tmp_path):
+    from PIL import Image
+
+    from lightning_cnn.data import ImageFolderDataModule
+
+    for name, count in (("cat", 3), ("dog", 3), ("zebra", 0)):
+        folder = tmp_path / "pets" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (10, 12), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    with pytest.warns(UserWarning, match=r"class folder\(s\) \['zebra'\] hold no images and are left out"):
+        dm = ImageFolderDataModule(str(tmp_path / "pets"), image_size=8, val_split=2)
+    assert dm.num_classes == 2 and dm.label_names == ["cat", "dog"]
+    dm.setup()
+    assert sorted(set(dm.train_set.labels.tolist()) | set(dm.val_set.labels.tolist())) == [0, 1]

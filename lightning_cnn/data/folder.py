@@ -40,6 +40,19 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def _classes_with_images(train_dir: Path) -> tuple[str, ...]:
+    """The class folders that hold training images; empty ones are named in a warning and left out, so the network
+    never gets an output for a class it cannot learn."""
+    folders = _class_dirs(train_dir)
+    empty = [d.name for d in folders if not _image_files(d)]
+    if empty:
+        rank_zero_warn(
+            f"{train_dir}: class folder(s) {empty} hold no images and are left out (no output for them); add "
+            f"images ({', '.join(IMAGE_EXTENSIONS)}) to train those classes."
+        )
+    return tuple(d.name for d in folders if d.name not in empty)
+
+
 class ImageFolderDataModule(ImageDataModule):
     """Images in class sub-folders (``train``/``val``/``test`` folders, or class folders only, split by seed).
 
@@ -84,7 +97,7 @@ class ImageFolderDataModule(ImageDataModule):
         # Known before the base class checks `classes` and before the CLI links num_classes into the model.
         self.root = Path(data_dir).expanduser()
         self.split_dirs = self._split_dirs(self.root)
-        self.class_names = tuple(d.name for d in _class_dirs(self.split_dirs["train"]))
+        self.class_names = _classes_with_images(self.split_dirs["train"])
         self.channels = 1 if grayscale else 3
         if image_size is None and not normalize_from_weights:
             raise ValueError(
@@ -131,14 +144,14 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _read_split(self, folder: Path) -> ImageArrays:
         index = {name: i for i, name in enumerate(self.class_names)}
-        unknown = [d.name for d in _class_dirs(folder) if d.name not in index]
+        unknown = [d.name for d in _class_dirs(folder) if d.name not in index and _image_files(d)]
         if unknown:
             raise ValueError(
                 f"{folder} has classes {unknown} that {self.split_dirs['train']} lacks; every class needs training "
                 "images (add them, or remove those folders)."
             )
         images, labels = [], []
-        for class_dir in _class_dirs(folder):
+        for class_dir in (d for d in _class_dirs(folder) if d.name in index):
             for path in _image_files(class_dir):
                 try:
                     array = read_image(path, grayscale=self.grayscale)
