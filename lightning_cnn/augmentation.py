@@ -137,9 +137,17 @@ def _zoom_bounds(zoom_range: Union[float, Sequence[float]]) -> tuple[float, floa
     return bounds  # type: ignore[return-value]
 
 
+# What each Keras range means, for the message when a value is refused.
+_RANGE_HINTS = {
+    "rotation_range": "degrees >= 0; angles are drawn from [-rotation_range, rotation_range]",
+    "width_shift_range": "a number >= 0: a fraction of the width below 1, pixels from 1 up",
+    "height_shift_range": "a number >= 0: a fraction of the height below 1, pixels from 1 up",
+}
+
+
 def _check_range(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"{name}={value!r}; use a number >= 0 (a fraction of the size below 1, pixels from 1 up).")
+        raise ValueError(f"{name}={value!r}; use {_RANGE_HINTS[name]}.")
     return float(value)
 
 

@@ -99,3 +99,49 @@ def test_an_empty_class_folder_is_named_and_gets_no_output(tmp_path):
     assert dm.num_classes == 2 and dm.label_names == ["cat", "dog"]
     dm.setup()
     assert sorted(set(dm.train_set.labels.tolist()) | set(dm.val_set.labels.tolist())) == [0, 1]
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    from lightning_cnn.data import DataNotFoundError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mine.txt").write_text("kept")
+
+    def failing_download(self, folder: Path) -> None:
+        raw = folder / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz.part").write_bytes(b"\x1f\x8b partial")
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(MNISTDataModule, "_download", failing_download)
+    with pytest.raises(DataNotFoundError, match=r"downloading it failed \(OSError: network unreachable\)"):
+        MNISTDataModule(data_dir=str(tmp_path / "data")).prepare_data()
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == ["mine.txt"]
+
+
+def test_missing_data_names_the_files_it_looks_for(tmp_path):
+    from lightning_cnn.data import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match=r"for train-images-idx3-ubyte\[\.gz\], train-labels-idx1-ubyte"):
+        MNISTDataModule(data_dir=str(tmp_path), download=False).prepare_data()
+    with pytest.raises(DataNotFoundError, match=r"for cifar-10-batches-py/\{data_batch_1,.*,test_batch\}"):
+        CIFAR10DataModule(data_dir=str(tmp_path), download=False).prepare_data()
+
+
+def test_shape_probes_translate_only_size_errors():
+    from lightning_cnn.models import LeNet
+    from lightning_cnn.models.layers import input_too_small
+
+    with pytest.raises(ValueError, match=r"input_size=\(8, 8\) is too small"):
+        LeNet(input_size=(8, 8))
+    assert not input_too_small(RuntimeError("CUDA out of memory"))
+    assert input_too_small(
+        RuntimeError("Given input size: (4x1x1). Calculated output size: (4x0x0). Output size is too small")
+    )
+
+
+def test_a_negative_rotation_range_speaks_of_degrees():
+    from lightning_cnn.augmentation import KerasAugmentation
+
+    with pytest.raises(ValueError, match=r"rotation_range=-5; use degrees >= 0"):
+        KerasAugmentation(rotation_range=-5)

@@ -313,6 +313,10 @@ class ImageDataModule(pl.LightningDataModule):
         """Fetch the files into ``folder`` (called on one process per node)."""
         raise NotImplementedError
 
+    def _layout(self) -> str:
+        """The files ``_find`` looks for, for the message when they are missing."""
+        return "its files"
+
     # --- locating and fetching ---------------------------------------------------------------------------------
 
     def _candidate_dirs(self) -> list[Path]:
@@ -331,8 +335,8 @@ class ImageDataModule(pl.LightningDataModule):
     def _not_found(self, reason: str) -> DataNotFoundError:
         places = ", ".join(str(d) for d in self._candidate_dirs())
         return DataNotFoundError(
-            f"{self.name} not found (looked in: {places}) and {reason}. Fix: set data.data_dir to a folder holding "
-            f"the {self.name} files, or run once with network access and data.download: true"
+            f"{self.name} not found (looked in: {places} for {self._layout()}) and {reason}. Fix: set data.data_dir "
+            f"to a folder holding the {self.name} files, or run once with network access and data.download: true"
             + (
                 ", or use FashionMNISTDataModule, which reads Debian's dataset-fashion-mnist package offline."
                 if self.name != "Fashion-MNIST"
@@ -346,9 +350,11 @@ class ImageDataModule(pl.LightningDataModule):
         if not self.download:
             raise self._not_found("data.download is false")
         target = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser()
+        existing = _paths_under(target)
         try:
             self._download(target)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
+            _remove_new_paths(target, existing)  # no empty folders or partial files left behind
             raise self._not_found(f"downloading it failed ({type(err).__name__}: {err})") from err
 
     # --- building the splits -----------------------------------------------------------------------------------
@@ -466,6 +472,20 @@ class ImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+
+
+def _paths_under(folder: Path) -> set[Path]:
+    return {folder, *folder.rglob("*")} if folder.exists() else set()
+
+
+def _remove_new_paths(folder: Path, existing: set[Path]) -> None:
+    """Delete what a failed download created under ``folder``: files and folders that were not there before."""
+    for path in sorted(_paths_under(folder) - existing, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _world(datamodule: pl.LightningDataModule) -> tuple[int, int]:

@@ -108,6 +108,9 @@ class CIFAR10DataModule(ImageDataModule):
                 return candidate
         return None
 
+    def _layout(self) -> str:
+        return f"{self._folder}/{{{','.join(self._train_files + self._test_files)}}}"
+
     def _read(self, folder: Path) -> tuple[ImageArrays, ImageArrays]:
         def read(files: tuple[str, ...]) -> ImageArrays:
             parts = [read_cifar_batch(folder / f, self._label_key, len(self.class_names)) for f in files]

@@ -86,6 +86,10 @@ class MNISTDataModule(ImageDataModule):
                 return candidate
         return None
 
+    def _layout(self) -> str:
+        names = ", ".join(f"{name}[.gz]" for name in _FILES.values())
+        return f"{names}, directly or under raw/ or {self._torchvision_name}/raw/"
+
     def _read(self, folder: Path) -> tuple[ImageArrays, ImageArrays]:
         paths = {key: _existing(folder / name) for key, name in _FILES.items()}
         arrays = {key: read_idx(path) for key, path in paths.items()}

@@ -31,7 +31,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.models.layers import Dense
+from lightning_cnn.models.layers import Dense, input_too_small
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -381,6 +381,8 @@ class TorchvisionNet(nn.Module):
             with torch.no_grad():
                 return self.backbone.eval()(x)
         except RuntimeError as err:
+            if not input_too_small(err):
+                raise
             raise ValueError(
                 f"input_size={self.input_size} is too small for {self.arch} ({err}); use larger images "
                 "(data.image_size)."

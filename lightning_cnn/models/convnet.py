@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.models.layers import Conv2D, Dense, Padding, keras_init_
+from lightning_cnn.models.layers import Conv2D, Dense, Padding, input_too_small, keras_init_
 from lightning_cnn.models.layers import batch_norm as make_batch_norm  # `batch_norm` is also an argument name
 from lightning_cnn.regularization import LayerRegularizers, resolve_layer_regularizers
 
@@ -156,6 +156,8 @@ class ConvNet(nn.Module):
             try:
                 out = self.backbone.eval()(probe)
             except RuntimeError as err:
+                if not input_too_small(err):
+                    raise
                 raise ValueError(
                     f"input_size={self.input_size} is too small for this conv/pool stack ({err}); "
                     "use larger images (data.image_size) or fewer/smaller layers."

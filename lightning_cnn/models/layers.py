@@ -21,6 +21,7 @@ __all__ = [
     "Dense",
     "Padding",
     "batch_norm",
+    "input_too_small",
     "keras_init_",
     "make_activation",
 ]
@@ -31,6 +32,17 @@ Padding = Literal["valid", "same"]
 # torch's momentum is the weight of the *new* value, so Keras' 0.99 is torch's 0.01.
 KERAS_BN_MOMENTUM = 0.01
 KERAS_BN_EPS = 1e-3
+
+# What torch says when a feature map has become smaller than a kernel or pooling window.
+_TOO_SMALL_MESSAGES = ("Kernel size can't be greater than actual input size", "Output size is too small")
+
+
+def input_too_small(err: RuntimeError) -> bool:
+    """Whether ``err`` is torch's complaint that an image became smaller than a kernel or pooling window (so a
+    shape probe can say "use larger images"); other errors are not about the input size and must surface as
+    they are."""
+    return any(message in str(err) for message in _TOO_SMALL_MESSAGES)
+
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
