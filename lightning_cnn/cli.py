@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -53,6 +54,15 @@ warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 # --ckpt_path values Lightning resolves itself rather than a file path.
 _CKPT_KEYWORDS = ("last", "best", "hpc")
+# What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it).
+_LINKS: dict[str, Any] = {
+    "model.init_args.num_classes": lambda dm: dm.num_classes,
+    "model.init_args.input_shape": lambda dm: dm.dims,
+    "model.init_args.net.init_args.num_classes": lambda dm: dm.num_classes,
+    "model.init_args.net.init_args.in_channels": lambda dm: dm.dims[0],
+    "model.init_args.net.init_args.input_size": lambda dm: dm.dims[1:],
+    "model.init_args.preprocessing": lambda dm: dm.preprocessing.to_dict(),
+}
 # Keys the CLI fills from the datamodule: a checkpoint and a config that differ only there describe one model.
 _LINKED_NET_KEYS = ("in_channels", "num_classes", "input_size")
 _FILES_DATAMODULE = "lightning_cnn.data.ImageFilesDataModule"
@@ -102,8 +112,10 @@ class CNNCLI(LightningCLI):
         predict.set_defaults({"return_predictions": False})
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._argv: list[str] = []
         if args is None or isinstance(args, (list, tuple)):
-            self._defaults_from_checkpoint(list(sys.argv[1:] if args is None else args))
+            self._argv = list(sys.argv[1:] if args is None else args)
+            self._defaults_from_checkpoint(self._argv)
         super().parse_arguments(parser, args)
 
     def _defaults_from_checkpoint(self, argv: list[str]) -> None:
@@ -180,15 +192,7 @@ class CNNCLI(LightningCLI):
             default=False,
             help="After fit, test the best checkpoint (or the final weights if none was saved) on the test split.",
         )
-        links = {
-            "model.init_args.num_classes": lambda dm: dm.num_classes,
-            "model.init_args.input_shape": lambda dm: dm.dims,
-            "model.init_args.net.init_args.num_classes": lambda dm: dm.num_classes,
-            "model.init_args.net.init_args.in_channels": lambda dm: dm.dims[0],
-            "model.init_args.net.init_args.input_size": lambda dm: dm.dims[1:],
-            "model.init_args.preprocessing": lambda dm: dm.preprocessing.to_dict(),
-        }
-        for target, compute in links.items():
+        for target, compute in _LINKS.items():
             parser.link_arguments("data", target, compute_fn=compute, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
@@ -231,6 +235,25 @@ class CNNCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_checkpoint_fits()
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        self._check_typed_links()
+
+    def _check_typed_links(self) -> None:
+        """A value typed for a linked key (``--model.init_args.net.init_args.in_channels 1``, or the same key in a
+        YAML) that disagrees with the data would be silently replaced: refuse it, naming both."""
+        datamodule = self.datamodule
+        if datamodule is None or not hasattr(datamodule, "dims"):
+            return
+        typed = _typed_values(self._argv, list(_LINKS))
+        for key, value in typed.items():
+            actual = _LINKS[key](datamodule)
+            if _plain(value) != _plain(actual):
+                raise ConfigError(
+                    f"{key}={value!r} disagrees with the data ({type(datamodule).__name__} gives {_plain(actual)!r}); "
+                    "leave it out: the CLI links it from the datamodule."
+                )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -325,6 +348,37 @@ def _option_value(argv: list[str], option: str) -> Optional[str]:
         elif arg.startswith(option + "="):
             value = arg.split("=", 1)[1]
     return value
+
+
+def _typed_values(argv: list[str], keys: list[str]) -> dict[str, Any]:
+    """Values given for ``keys`` (dotted) on the command line or in the ``--config`` YAML files of ``argv``."""
+    typed: dict[str, Any] = {}
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            try:
+                document = yaml.safe_load(Path(argv[i + 1]).read_text()) or {}
+            except yaml.YAMLError:
+                continue  # the parser has already reported a broken file
+            for key in keys:
+                found = _lookup(document, key.split("."))
+                if found is not _MISSING:
+                    typed[key] = found
+    for key in keys:
+        value = _option_value(argv, f"--{key}")
+        if value is not None:
+            typed[key] = yaml.safe_load(value)
+    return typed
+
+
+_MISSING = object()
+
+
+def _lookup(document: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(document, dict) or part not in document:
+            return _MISSING
+        document = document[part]
+    return document
 
 
 def _has_option(argv: list[str], option: str) -> bool:

@@ -145,3 +145,30 @@ def test_a_negative_rotation_range_speaks_of_degrees():
 
     with pytest.raises(ValueError, match=r"rotation_range=-5; use degrees >= 0"):
         KerasAugmentation(rotation_range=-5)
+
+
+@pytest.mark.parametrize("where", ["command line", "yaml"])
+def test_a_typed_linked_value_that_disagrees_with_the_data_is_refused(in_tmp, capsys, where):
+    data = ["--data.init_args.data_dir", str(write_fake_cifar(in_tmp / "cifar10", 10)), "--data.init_args.download",
+            "false"]  # fmt: skip
+    if where == "yaml":
+        extra = in_tmp / "extra.yaml"
+        extra.write_text("model:\n  init_args:\n    net:\n      init_args:\n        in_channels: 1\n")
+        typed = ["--config", str(extra)]
+    else:
+        typed = ["--model.init_args.net.init_args.in_channels", "1"]
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), *typed, *data])
+    assert line == (
+        "error: model.init_args.net.init_args.in_channels=1 disagrees with the data (CIFAR10DataModule gives 3); "
+        "leave it out: the CLI links it from the datamodule."
+    )
+    assert not (in_tmp / "runs").exists()  # refused before anything was written
+
+
+def test_a_typed_linked_value_that_agrees_is_accepted(in_tmp):
+    from lightning_cnn.cli import CNNCLI
+
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    cli = CNNCLI(args=["--config", str(CONFIGS / "lenet_mnist.yaml"), "--model.init_args.net.init_args.in_channels",
+                       "1", "--model.init_args.net.init_args.input_size", "[28, 28]", *data], run=False)  # fmt: skip
+    assert cli.model.net.in_channels == 1
