@@ -37,7 +37,7 @@ from lightning_cnn.models.backbones import (
     skip_pretrained_weights,
     weights_name_for,
 )
-from lightning_cnn.module import ImageClassifier
+from lightning_cnn.module import ImageClassifier, NonFiniteLossError
 
 __all__ = ["CNNCLI", "ConfigError", "main"]
 
@@ -493,6 +493,7 @@ class ConfigError(ValueError):
 # Errors whose message already names the bad value and the fix: the command line prints just that line.
 _USER_ERRORS = (
     ConfigError,
+    NonFiniteLossError,
     ExportError,
     CheckpointError,
     DataNotFoundError,

@@ -30,7 +30,7 @@ from lightning_cnn.models.backbones import skip_pretrained_weights
 from lightning_cnn.preprocessing import Preprocessing
 from lightning_cnn.regularization import regularization_loss
 
-__all__ = ["ImageClassifier", "Stage"]
+__all__ = ["ImageClassifier", "NonFiniteLossError", "Stage"]
 
 Stage = Literal["train", "val", "test"]
 
@@ -39,6 +39,10 @@ _TRAIN_SUMS = ("loss", "data_loss", "reg_loss", "acc")
 
 # Keras' compile(optimizer="adam") learning rate; used when neither the YAML nor a subclass chooses an optimizer.
 DEFAULT_LR = 1e-3
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops before anything non-finite is saved."""
 
 
 class ImageClassifier(pl.LightningModule):
@@ -95,6 +99,9 @@ class ImageClassifier(pl.LightningModule):
         self.confusion_matrices: dict[str, Tensor] = {}
         # Training figures are summed here step by step and logged once per epoch (see _track_train_step).
         self.register_buffer("_train_sums", torch.zeros(len(_TRAIN_SUMS) + 1), persistent=False)
+        # The first training step whose loss was not finite: (global step, loss, data loss, penalty); step -1: none.
+        # Kept on the device and checked once per epoch and before every checkpoint, not with a sync per step.
+        self.register_buffer("_first_nonfinite", torch.tensor([-1.0, 0.0, 0.0, 0.0]), persistent=False)
 
     @property
     def backbone(self) -> nn.Module:
@@ -175,6 +182,35 @@ class ImageClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._store_confusion("test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._stop_if_diverged()  # never write non-finite weights, and never mark them best
+
+    def _stop_if_diverged(self) -> None:
+        """Raise :class:`NonFiniteLossError` (on every process) once a training loss has been NaN or infinite."""
+        record = self._first_nonfinite.tolist()
+        diverged = record[0] >= 0
+        if self._trainer is not None and self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if not diverged:
+            return
+        step, loss, data_loss, penalty = record
+        where = (
+            f"at step {int(step)} (data loss {data_loss:.4g}, penalty {penalty:.4g})"
+            if step >= 0
+            else "on another process"
+        )
+        epoch = self.trainer.current_epoch if self._trainer is not None else 0
+        kept = ""
+        callback = self.trainer.checkpoint_callback if self._trainer is not None else None
+        if callback is not None and (callback.last_model_path or callback.best_model_path):
+            kept = (
+                f"; the checkpoints written before it are kept ({callback.last_model_path or callback.best_model_path})"
+            )
+        raise NonFiniteLossError(
+            f"training stopped: the loss became {loss if step >= 0 else 'non-finite'} in epoch {epoch} {where}; the "
+            f"weights diverged: lower the learning rate (optimizer.init_args.lr) or check the data{kept}."
+        )
+
     def _store_confusion(self, stage: Stage) -> None:
         metric = getattr(self, f"{stage}_confusion")
         if metric.update_count:  # summed over processes under DDP
@@ -198,6 +234,11 @@ class ImageClassifier(pl.LightningModule):
         step = torch.stack([loss.detach() * n, data_loss.detach() * n, reg_loss.detach() * n, correct.float()])
         self._train_sums[:-1] += step
         self._train_sums[-1] += n
+        parts = torch.stack(
+            [loss.new_tensor(float(self.global_step)), loss.detach(), data_loss.detach(), reg_loss.detach()]
+        )
+        first = ~torch.isfinite(loss.detach()) & (self._first_nonfinite[0] < 0)
+        self._first_nonfinite.copy_(torch.where(first, parts.to(self._first_nonfinite.dtype), self._first_nonfinite))
         if self._trainer is None:
             return
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -209,6 +250,7 @@ class ImageClassifier(pl.LightningModule):
         count = self._train_sums[-1]
         if count == 0:  # already logged this epoch, or no training batches
             return
+        self._stop_if_diverged()  # before validation and the epoch's checkpoints
         means = self._train_sums[:-1] / count
         for name, value in zip(_TRAIN_SUMS, means):
             # sync_dist: every rank logs the mean over all ranks (equal sample counts per rank under DDP).

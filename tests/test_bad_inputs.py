@@ -172,3 +172,22 @@ def test_a_typed_linked_value_that_agrees_is_accepted(in_tmp):
     cli = CNNCLI(args=["--config", str(CONFIGS / "lenet_mnist.yaml"), "--model.init_args.net.init_args.in_channels",
                        "1", "--model.init_args.net.init_args.input_size", "[28, 28]", *data], run=False)  # fmt: skip
     assert cli.model.net.in_channels == 1
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_only_finite_checkpoints(in_tmp, capsys):
+    # SGD at lr 0.05, multiplied by 1e8 each epoch: epoch 0 trains, then the weights blow up.
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    schedule = ["--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "0.05", "--lr_scheduler",
+                "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.init_args.step_size", "1",
+                "--lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+                                str(CONFIGS / "trainer" / "smoke.yaml"), "--trainer.max_epochs", "4", *data,
+                                *schedule])  # fmt: skip
+    assert line.startswith("error: training stopped: the loss became nan in epoch ")
+    assert "(data loss nan, penalty " in line and "lower the learning rate" in line
+    checkpoints = sorted((in_tmp / "runs" / "lenet_mnist").rglob("*.ckpt"))
+    assert checkpoints, "the finite epoch's checkpoints are kept"
+    for path in checkpoints:
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values()), f"{path.name} holds non-finite weights"
+    assert not list((in_tmp / "runs").rglob("confusion_matrix.png"))  # no test of a diverged model
