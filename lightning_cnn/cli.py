@@ -217,6 +217,9 @@ class CNNCLI(LightningCLI):
         except ValueError as err:  # a constructor rejected a config value: keep its message, drop the wrapping
             if isinstance(err, CheckpointError):
                 raise
+            cause = _user_error_in_chain(err)
+            if cause is not None:  # e.g. weights that cannot be fetched: its own message is the whole story
+                raise cause from None
             raise ConfigError(_innermost_value_error(err)) from err
 
     def _subcommand_config(self) -> Namespace:
@@ -501,6 +504,17 @@ _USER_ERRORS = (
     WeightsMismatchError,
     WeightsUnavailableError,
 )
+
+
+def _user_error_in_chain(err: BaseException) -> Optional[BaseException]:
+    """The first error in ``err``'s chain whose message already names the problem and the fix (jsonargparse wraps
+    such errors, raised by a constructor, in a report of every Union subtype it tried)."""
+    current, seen = err.__cause__ or err.__context__, 0
+    while current is not None and seen < 32:
+        if isinstance(current, _USER_ERRORS) and not isinstance(current, ConfigError):
+            return current
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return None
 
 
 def _innermost_value_error(err: BaseException) -> str:

@@ -191,3 +191,49 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_only_finite_checkpoints(i
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values()), f"{path.name} holds non-finite weights"
     assert not list((in_tmp / "runs").rglob("confusion_matrix.png"))  # no test of a diverged model
+
+
+def test_unfetchable_weights_in_a_config_are_one_line(in_tmp, capsys, monkeypatch):
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(in_tmp / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    data = ["--data.init_args.data_dir", str(write_fake_cifar(in_tmp / "cifar10", 10)), "--data.init_args.download",
+            "false", "--data.init_args.image_size", "32"]  # fmt: skip
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "vgg16_finetune_cifar10.yaml"), *data,
+                                "--model.init_args.net.init_args.arch", "mobilenet_v3_small"])  # fmt: skip
+    assert line.startswith("error: weights='IMAGENET1K_V1': ") and "is not there and downloading" in line
+    assert "Union" not in capsys.readouterr().err
+
+
+def test_image_folders_take_every_base_option(tmp_path, in_tmp):
+    import inspect
+
+    from PIL import Image
+
+    from lightning_cnn.cli import CNNCLI
+    from lightning_cnn.data import ImageDataModule, ImageFolderDataModule
+
+    base = set(inspect.signature(ImageDataModule.__init__).parameters) - {"self", "download"}
+    assert base <= set(inspect.signature(ImageFolderDataModule.__init__).parameters)
+
+    for name in ("cat", "dog"):
+        (tmp_path / "pets" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("RGB", (20, 18), (20 * i, 120 if name == "cat" else 30, 60)).save(
+                tmp_path / "pets" / name / f"{i}.png"
+            )
+    for mode in ("batched", "per_sample"):
+        cli = CNNCLI(args=["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+                           str(CONFIGS / "trainer" / "smoke.yaml"), "--data", "lightning_cnn.data.ImageFolderDataModule",
+                           "--data.init_args.data_dir", str(tmp_path / "pets"), "--data.init_args.image_size", "16",
+                           "--data.init_args.val_split", "4", "--data.init_args.global_batch_size", "8",
+                           "--data.init_args.augmentation", "lightning_cnn.augmentation.KerasAugmentation",
+                           "--data.init_args.augmentation.init_args.rotation_range", "10",
+                           "--data.init_args.augmentation.init_args.mode", mode])  # fmt: skip
+        assert cli.trainer.state.finished and cli.datamodule.per_process_batch_size(1) == 8
+        assert cli.datamodule.augmentation is not None

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
+from lightning_cnn.augmentation import Augmentation
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageArrays, ImageDataModule
 from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, read_image, resize_uint8
 
@@ -93,6 +94,8 @@ class ImageFolderDataModule(ImageDataModule):
         pin_memory: Optional[bool] = None,
         persistent_workers: Optional[bool] = None,
         train_transform: Optional[Callable[..., dict[str, Any]]] = None,
+        global_batch_size: Optional[int] = None,
+        augmentation: Optional[Augmentation] = None,
     ) -> None:
         # Known before the base class checks `classes` and before the CLI links num_classes into the model.
         self.root = Path(data_dir).expanduser()
@@ -109,7 +112,7 @@ class ImageFolderDataModule(ImageDataModule):
             val_split_mode=val_split_mode, train_size=train_size, normalize=normalize,
             normalize_from_weights=normalize_from_weights, image_size=image_size, classes=classes, to_rgb=to_rgb,
             seed=seed, download=False, pin_memory=pin_memory, persistent_workers=persistent_workers,
-            train_transform=train_transform,
+            train_transform=train_transform, global_batch_size=global_batch_size, augmentation=augmentation,
         )  # fmt: skip
         self.grayscale = grayscale
 
