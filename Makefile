@@ -34,7 +34,7 @@ test: setup data
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not multiprocess"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

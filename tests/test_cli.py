@@ -158,7 +158,7 @@ def test_unknown_yaml_key_fails_clearly(in_tmp, capsys):
 def test_summary_command_prints_without_training():
     out = subprocess.run(
         [sys.executable, "-m", "lightning_cnn.summary", "--config", str(CONFIGS / "bn_cnn_mnist.yaml")],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Total params: 358,210" in out.stdout and "bn1 (BatchNormalization)" in out.stdout

@@ -29,6 +29,9 @@ from tests.test_ddp import (
     write_experiment,
 )
 
+# Several processes each: skipped by `make test-fast`.
+pytestmark = pytest.mark.multiprocess
+
 STEPS_PER_EPOCH = 10  # N_TRAIN / global batch 32
 KILL_AT_STEP = 14  # epoch 1, batch 4: mid-epoch, two steps after the last step checkpoint (step 12)
 
@@ -180,7 +183,7 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_next_job_resumes(uninterrupt
             time.sleep(0.1)
     finally:
         job.kill()  # SLURM ends the job at its time limit
-        output = job.communicate(timeout=30)[0]
+        output = job.communicate(timeout=120)[0]
     assert scontrol_log.read_text().split() == ["requeue", "4242"], output[-3000:]
     assert [p.name for p in job_dir.glob("hpc_ckpt_*.ckpt")] == ["hpc_ckpt_1.ckpt"]
 

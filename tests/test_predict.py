@@ -180,6 +180,7 @@ def test_bad_inputs_end_with_one_error_line(trained, tmp_path, capsys, monkeypat
     assert err[-1].startswith("error: ") and message in err[-1] and "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.multiprocess
 def test_two_process_predict_writes_the_same_files_as_one_process(trained, tmp_path):
     from tests.test_ddp import run_cli
 
