@@ -12,8 +12,11 @@ are rebuilt from the checkpoint (``--inputs`` predicts on new images with the ch
 
 from __future__ import annotations
 
+import errno
 import importlib
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional, TextIO
@@ -264,7 +267,49 @@ class CNNCLI(LightningCLI):
         # Runs resumed mid-epoch draw the same random numbers as the run they continue.
         trainer.callbacks.append(RNGStateCheckpoint())
         trainer.callbacks.append(_RankZeroLogVersion())
+        # The run's own folder, known before anything is written: checked for writing, removed if the run fails
+        # before saving a checkpoint.
+        log_dir = trainer.log_dir
+        self._run_dir: Optional[Path] = Path(log_dir) if log_dir else None
+        self._run_dir_existed = self._run_dir is not None and self._run_dir.exists()
+        self._run_dir_anchor = _nearest_existing(self._run_dir) if self._run_dir is not None else None
         return trainer
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        self._check_run_dir_writable()
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:
+            self._remove_failed_run_dir()
+            raise
+
+    def _check_run_dir_writable(self) -> None:
+        if self._run_dir is None:
+            return
+        folder = _nearest_existing(self._run_dir)
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(folder))
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"cannot write the run's folder {self._run_dir}: {folder} is not writable ({err.strerror}); choose "
+                "another folder (the logger's save_dir, or trainer.default_root_dir)."
+            ) from None
+
+    def _remove_failed_run_dir(self) -> None:
+        """A run that failed before writing a checkpoint leaves no half-filled ``version_N`` folder behind."""
+        folder = self._run_dir
+        if folder is None or self._run_dir_existed or not folder.is_dir() or not self.trainer.is_global_zero:
+            return
+        if any(folder.rglob("*.ckpt")):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        parent = folder.parent  # and the empty experiment folders this run created above it
+        while parent != self._run_dir_anchor and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -506,6 +551,16 @@ _USER_ERRORS = (
 )
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# Writing failures that are about the output folder, not a bug: read-only, no permission, disk or quota full.
+_OUTPUT_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+
+
 def _user_error_in_chain(err: BaseException) -> Optional[BaseException]:
     """The first error in ``err``'s chain whose message already names the problem and the fix (jsonargparse wraps
     such errors, raised by a constructor, in a report of every Union subtype it tried)."""
@@ -544,6 +599,16 @@ def main(args: Optional[list[str]] = None) -> None:
             CNNCLI(args=args)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in _OUTPUT_ERRNOS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"error: cannot write{where}: {err.strerror}; free space or choose another output folder (the logger's "
+            "save_dir, or trainer.default_root_dir). Files written before stay as they are.",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

@@ -237,3 +237,34 @@ def test_image_folders_take_every_base_option(tmp_path, in_tmp):
                            "--data.init_args.augmentation.init_args.mode", mode])  # fmt: skip
         assert cli.trainer.state.finished and cli.datamodule.per_process_batch_size(1) == 8
         assert cli.datamodule.augmentation is not None
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(in_tmp, capsys):
+    (in_tmp / "afile").write_text("a file where the run folder should go")
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--trainer.logger",
+                                "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.init_args.save_dir",
+                                str(in_tmp / "afile" / "runs")])  # fmt: skip
+    assert line.startswith("error: cannot write the run's folder ") and "is not writable (Not a directory)" in line
+
+
+def test_a_run_that_fails_on_its_data_leaves_no_run_folder(in_tmp, capsys):
+    folder = write_fake_mnist(in_tmp / "mnist")
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    data = ["--data.init_args.data_dir", str(folder), "--data.init_args.download", "false"]
+    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
+    assert "t10k-images-idx3-ubyte.gz cannot be read" in line
+    assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").rglob("*"))
+
+
+def test_an_earlier_run_folder_is_never_removed(in_tmp, capsys):
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    from lightning_cnn.cli import CNNCLI
+
+    first = CNNCLI(args=["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+                         str(CONFIGS / "trainer" / "smoke.yaml"), *data, "--test_after_fit", "false"])  # fmt: skip
+    before = sorted(p.relative_to(in_tmp) for p in (in_tmp / "runs").rglob("*"))
+    (in_tmp / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
+    assert sorted(p.relative_to(in_tmp) for p in (in_tmp / "runs").rglob("*")) == before
+    assert (in_tmp / first.trainer.log_dir / "checkpoints" / "last.ckpt").exists()
