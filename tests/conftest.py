@@ -56,6 +56,18 @@ def write_fake_cifar(folder: Path, num_classes: int = 10, n_per_batch: int = 40,
     return folder
 
 
+def cli_error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Run ``cli.py`` in-process; assert it ends with exit status 2 and no traceback; return its last stderr line."""
+    from lightning_cnn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err), "\n".join(err)
+    return err[-1]
+
+
 @pytest.fixture
 def mnist_dir(tmp_path: Path) -> Path:
     return write_fake_mnist(tmp_path / "mnist")

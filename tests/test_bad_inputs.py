@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_cnn.cli import main
 from lightning_cnn.data import CIFAR10DataModule, CorruptDataError, MNISTDataModule
 from lightning_cnn.data.mnist import write_idx
 from lightning_cnn.models import TorchvisionNet
-from tests.conftest import CONFIGS, write_fake_cifar, write_fake_mnist
+from tests.conftest import CONFIGS, cli_error_line, write_fake_cifar, write_fake_mnist
 
 
 class _Payload:
@@ -27,15 +26,6 @@ class _Payload:
         return (exec, (f"open({str(self.target)!r}, 'w').write('ran')",))
 
 
-def _error_line(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(err), "\n".join(err)
-    return err[-1]
-
-
 def test_a_cifar_batch_that_would_run_code_is_refused(in_tmp, capsys):
     root = write_fake_cifar(in_tmp / "cifar10", 10)
     batch = root / "cifar-10-batches-py" / "data_batch_1"
@@ -43,7 +33,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused(in_tmp, capsys):
     with open(batch, "wb") as f:
         pickle.dump({b"data": _Payload(target), b"labels": [0]}, f, protocol=2)
 
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), "--data.init_args.data_dir",
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), "--data.init_args.data_dir",
                                 str(root), "--data.init_args.download", "false"])  # fmt: skip
     assert line.startswith(f"error: {batch} is refused: it names ") and "exec, which a CIFAR batch never" in line
     assert not target.exists()  # the payload never ran
@@ -157,7 +147,7 @@ def test_a_typed_linked_value_that_disagrees_with_the_data_is_refused(in_tmp, ca
         typed = ["--config", str(extra)]
     else:
         typed = ["--model.init_args.net.init_args.in_channels", "1"]
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), *typed, *data])
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "bn_cnn_cifar10.yaml"), *typed, *data])
     assert line == (
         "error: model.init_args.net.init_args.in_channels=1 disagrees with the data (CIFAR10DataModule gives 3); "
         "leave it out: the CLI links it from the datamodule."
@@ -180,7 +170,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_only_finite_checkpoints(i
     schedule = ["--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "0.05", "--lr_scheduler",
                 "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.init_args.step_size", "1",
                 "--lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
                                 str(CONFIGS / "trainer" / "smoke.yaml"), "--trainer.max_epochs", "4", *data,
                                 *schedule])  # fmt: skip
     assert line.startswith("error: training stopped: the loss became nan in epoch ")
@@ -204,7 +194,7 @@ def test_unfetchable_weights_in_a_config_are_one_line(in_tmp, capsys, monkeypatc
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     data = ["--data.init_args.data_dir", str(write_fake_cifar(in_tmp / "cifar10", 10)), "--data.init_args.download",
             "false", "--data.init_args.image_size", "32"]  # fmt: skip
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "vgg16_finetune_cifar10.yaml"), *data,
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "vgg16_finetune_cifar10.yaml"), *data,
                                 "--model.init_args.net.init_args.arch", "mobilenet_v3_small"])  # fmt: skip
     assert line.startswith("error: weights='IMAGENET1K_V1': ") and "is not there and downloading" in line
     assert "Union" not in capsys.readouterr().err
@@ -242,7 +232,7 @@ def test_image_folders_take_every_base_option(tmp_path, in_tmp):
 def test_an_output_folder_that_cannot_be_written_is_one_line(in_tmp, capsys):
     (in_tmp / "afile").write_text("a file where the run folder should go")
     data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--trainer.logger",
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--trainer.logger",
                                 "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.init_args.save_dir",
                                 str(in_tmp / "afile" / "runs")])  # fmt: skip
     assert line.startswith("error: cannot write the run's folder ") and "is not writable (Not a directory)" in line
@@ -252,7 +242,7 @@ def test_a_run_that_fails_on_its_data_leaves_no_run_folder(in_tmp, capsys):
     folder = write_fake_mnist(in_tmp / "mnist")
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
     data = ["--data.init_args.data_dir", str(folder), "--data.init_args.download", "false"]
-    line = _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
     assert "t10k-images-idx3-ubyte.gz cannot be read" in line
     assert not (in_tmp / "runs").exists() or not any((in_tmp / "runs").rglob("*"))
 
@@ -265,6 +255,6 @@ def test_an_earlier_run_folder_is_never_removed(in_tmp, capsys):
                          str(CONFIGS / "trainer" / "smoke.yaml"), *data, "--test_after_fit", "false"])  # fmt: skip
     before = sorted(p.relative_to(in_tmp) for p in (in_tmp / "runs").rglob("*"))
     (in_tmp / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
-    _error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
+    cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
     assert sorted(p.relative_to(in_tmp) for p in (in_tmp / "runs").rglob("*")) == before
     assert (in_tmp / first.trainer.log_dir / "checkpoints" / "last.ckpt").exists()

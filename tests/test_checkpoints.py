@@ -13,8 +13,8 @@ import yaml
 from torchvision.models import get_model, get_model_weights
 
 from lightning_cnn import ImageClassifier
-from lightning_cnn.cli import CNNCLI, main
-from tests.conftest import CONFIGS, write_fake_cifar, write_fake_mnist
+from lightning_cnn.cli import CNNCLI
+from tests.conftest import CONFIGS, cli_error_line, write_fake_cifar, write_fake_mnist
 
 SMOKE = ["--trainer", str(CONFIGS / "trainer" / "smoke.yaml")]
 VGG16_CONFIG = CONFIGS / "vgg16_finetune_cifar10.yaml"
@@ -29,15 +29,6 @@ def _cifar(root: Path) -> list[str]:
 
 def _mnist(root: Path) -> list[str]:
     return ["--data.init_args.data_dir", str(write_fake_mnist(root / "mnist")), "--data.init_args.download", "false"]
-
-
-def _error_line(capsys, args: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "Traceback" not in "\n".join(err), "\n".join(err)
-    return err[-1]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +104,7 @@ def test_the_networks_weights_decide_the_normalization(in_tmp, cached_weights):
 
 def test_normalization_that_contradicts_the_weights_is_refused(in_tmp, cached_weights, capsys):
     cached_weights("resnet18")
-    line = _error_line(capsys, ["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp),
+    line = cli_error_line(capsys, ["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp),
                                 "--model.init_args.net.init_args.arch", "resnet18",
                                 "--data.init_args.normalize_from_weights", "VGG16_Weights.IMAGENET1K_V1"])  # fmt: skip
     assert line.startswith("error: data.normalize_from_weights='VGG16_Weights.IMAGENET1K_V1' disagrees with")
@@ -133,13 +124,13 @@ def test_normalization_that_contradicts_the_weights_is_refused(in_tmp, cached_we
 @pytest.mark.parametrize("subcommand", ["test", "predict"])
 def test_unusable_checkpoint_files_end_with_one_line(in_tmp, capsys, subcommand, make, message):
     path = make(in_tmp)
-    line = _error_line(capsys, [subcommand, "--config", str(CONFIGS / "lenet_mnist.yaml"), "--ckpt_path", str(path)])
+    line = cli_error_line(capsys, [subcommand, "--config", str(CONFIGS / "lenet_mnist.yaml"), "--ckpt_path", str(path)])
     assert line.startswith("error: ") and str(path) in line and message in line
 
 
 def test_checkpoint_with_another_class_count_names_both_shapes(lenet_ckpt, in_tmp, capsys):
     # The checkpoint has 10 classes; the data config asks for a binary task.
-    line = _error_line(capsys, ["test", "--config", str(CONFIGS / "lenet_mnist.yaml"), *_mnist(in_tmp),
+    line = cli_error_line(capsys, ["test", "--config", str(CONFIGS / "lenet_mnist.yaml"), *_mnist(in_tmp),
                                 "--data.init_args.classes", "[3, 5]", "--ckpt_path", str(lenet_ckpt)])  # fmt: skip
     assert line.startswith(f"error: --ckpt_path {lenet_ckpt} does not fit the model: net.head.output")
     assert "(10, 300) in the checkpoint but (1, 300) in the model built from the config" in line
