@@ -1,16 +1,18 @@
-"""Reading checkpoint files a user points at: untrusted, so loaded with ``weights_only=True``, and checked against
-the model they are meant for, with one-line errors instead of tracebacks."""
+"""Checkpoint files: read as untrusted (``weights_only=True``) and checked against the model they are meant for,
+with one-line errors instead of tracebacks; written whole or not at all."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from torch import Tensor, nn
 
-__all__ = ["CheckpointError", "check_state_dict_fits", "load_checkpoint", "load_untrusted"]
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_state_dict_fits", "load_checkpoint", "load_untrusted"]
 
 
 class CheckpointError(ValueError):
@@ -83,3 +85,22 @@ def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source:
             f"{source} does not fit the model: the checkpoint {which} ({count} key(s) differ; another "
             "architecture); use the config the checkpoint was trained with."
         )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made all-or-nothing on local disks: the file is written under a temporary
+    name beside the target and renamed over it once complete, so a full disk or a kill mid-write leaves the
+    previous ``last.ckpt`` / ``best-*.ckpt`` intact instead of a truncated file that does not load."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):  # object storage: its own semantics
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise

@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
-from lightning_cnn.checkpoints import CheckpointError, check_state_dict_fits, load_checkpoint
+from lightning_cnn.checkpoints import AtomicCheckpointIO, CheckpointError, check_state_dict_fits, load_checkpoint
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError
 from lightning_cnn.export import ExportError
 from lightning_cnn.models.backbones import (
@@ -267,6 +267,8 @@ class CNNCLI(LightningCLI):
         # Runs resumed mid-epoch draw the same random numbers as the run they continue.
         trainer.callbacks.append(RNGStateCheckpoint())
         trainer.callbacks.append(_RankZeroLogVersion())
+        if trainer.strategy._checkpoint_io is None:  # Lightning's default writer; a configured plugin stays
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # The run's own folder, known before anything is written: checked for writing, removed if the run fails
         # before saving a checkpoint.
         log_dir = trainer.log_dir

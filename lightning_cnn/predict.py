@@ -9,6 +9,7 @@ image with its id, the predicted class name and probability, and the top-k class
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -88,13 +89,23 @@ class PredictionTable:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         rows = self.rows(top_k)
-        table = free_path(folder / "predictions.csv")
-        with open(table, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "prediction", "probability"])
-            writer.writeheader()
-            writer.writerows(rows)
-        array = free_path(folder / "probabilities.npy")
-        np.save(array, self.probabilities)
+        table, array = free_path(folder / "predictions.csv"), free_path(folder / "probabilities.npy")
+        partial_table, partial_array = (
+            table.with_name(f".{table.name}.partial"),
+            array.with_name(f".{array.name}.partial"),
+        )
+        try:  # whole files or none: written under temporary names, renamed when complete
+            with open(partial_table, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "prediction", "probability"])
+                writer.writeheader()
+                writer.writerows(rows)
+            with open(partial_array, "wb") as f:
+                np.save(f, self.probabilities)
+            os.replace(partial_table, table)
+            os.replace(partial_array, array)
+        finally:
+            partial_table.unlink(missing_ok=True)
+            partial_array.unlink(missing_ok=True)
         return table, array
 
 

@@ -258,3 +258,29 @@ def test_an_earlier_run_folder_is_never_removed(in_tmp, capsys):
     cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data])
     assert sorted(p.relative_to(in_tmp) for p in (in_tmp / "runs").rglob("*")) == before
     assert (in_tmp / first.trainer.log_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_earlier_checkpoints_whole(in_tmp, capsys, monkeypatch):
+    import errno
+
+    from lightning_fabric.plugins.io import torch_io
+
+    real_save, calls = torch_io._atomic_save, []
+
+    def disk_fills_up(checkpoint, path):
+        calls.append(path)
+        if len(calls) <= 2:  # epoch 0: best + last
+            return real_save(checkpoint, path)
+        Path(path).write_bytes(b"PK\x03\x04 truncated")  # what a full disk leaves half-way
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch_io, "_atomic_save", disk_fills_up)
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+                                   str(CONFIGS / "trainer" / "smoke.yaml"), "--trainer.max_epochs", "3",
+                                   "--checkpoint.monitor", "epoch", "--checkpoint.mode", "max", *data])  # fmt: skip
+    assert line.startswith("error: cannot write ") and "No space left on device" in line
+    folder = next((in_tmp / "runs").rglob("checkpoints"))
+    assert not list(folder.glob(".*partial")), "no temporary file left"
+    for path in folder.glob("*.ckpt"):
+        assert torch.load(path, weights_only=True)["epoch"] == 0, f"{path.name} is not the whole epoch-0 file"

@@ -6,6 +6,7 @@ An existing picture is never overwritten: a second test of the same run writes `
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,13 @@ def _save(fig: Any, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path = free_path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    partial = path.with_name(f".{path.name}.partial")
+    try:  # whole or not at all: a full disk leaves no truncated picture
+        fig.savefig(partial, dpi=110, format=path.suffix.lstrip("."))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 
