@@ -3,7 +3,6 @@ with one-line errors instead of tracebacks; written whole or not at all."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -12,7 +11,17 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from torch import Tensor, nn
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "check_state_dict_fits", "load_checkpoint", "load_untrusted"]
+from lightning_cnn.paths import written_whole
+from lightning_cnn.preprocessing import Preprocessing
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "check_state_dict_fits",
+    "checkpoint_preprocessing",
+    "load_checkpoint",
+    "load_untrusted",
+]
 
 
 class CheckpointError(ValueError):
@@ -62,6 +71,28 @@ def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
     return dict(loaded)
 
 
+def checkpoint_preprocessing(checkpoint: Union[str, Path, Mapping[str, Any]]) -> Preprocessing:
+    """The preprocessing (class names, size, channels, normalization) an ``ImageClassifier`` checkpoint records.
+
+    Args:
+        checkpoint: A checkpoint path, or a checkpoint already loaded with :func:`load_checkpoint`.
+
+    Raises:
+        CheckpointError: If the file is not a checkpoint, or it records no preprocessing (written before
+            checkpoints carried it).
+    """
+    loaded = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
+    record = (loaded.get("hyper_parameters") or {}).get("preprocessing")
+    if not record:
+        where = checkpoint if isinstance(checkpoint, (str, Path)) else "the checkpoint"
+        raise CheckpointError(
+            f"{where} records no preprocessing (class names, image size, normalization) to apply to new images or "
+            "build into an export; predict on the test split with the config it was trained with instead "
+            "(--config <its run folder>/config.yaml)."
+        )
+    return Preprocessing.from_dict(record)
+
+
 def check_state_dict_fits(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """Raise one line naming the first layer whose shape differs (or the first missing/unexpected key).
 
@@ -96,11 +127,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # object storage: its own semantics
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        partial = target.with_name(f".{target.name}.partial")
-        try:
+        with written_whole(Path(path)) as partial:
             super().save_checkpoint(checkpoint, partial, storage_options)
-            os.replace(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
@@ -30,7 +31,13 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
-from lightning_cnn.checkpoints import AtomicCheckpointIO, CheckpointError, check_state_dict_fits, load_checkpoint
+from lightning_cnn.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_state_dict_fits,
+    checkpoint_preprocessing,
+    load_checkpoint,
+)
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError
 from lightning_cnn.export import ExportError
 from lightning_cnn.models.backbones import (
@@ -131,14 +138,11 @@ class CNNCLI(LightningCLI):
         inputs = _option_value(argv, "--inputs") if subcommand == "predict" else None
         has_config = _has_option(argv, "--config")
         defaults: dict[str, Any] = {}
-        checkpoint = load_checkpoint(ckpt_path)
+        checkpoint = self._checkpoint(ckpt_path)
         if not (has_config or _has_option(argv, "--model")):
             defaults["model"] = _class_config(checkpoint.get("hyper_parameters"), ckpt_path, "model")
-        if inputs:
-            defaults["data"] = {
-                "class_path": _FILES_DATAMODULE,
-                "init_args": {"inputs": inputs, "checkpoint": ckpt_path},
-            }
+        if inputs:  # satisfies the parser; before_instantiate_classes sets it whatever the config says
+            defaults["data"] = _files_data(inputs, checkpoint)
         elif not (has_config or _has_option(argv, "--data")):
             defaults["data"] = _class_config(checkpoint.get("datamodule_hyper_parameters"), ckpt_path, "data")
         if not has_config:
@@ -154,9 +158,17 @@ class CNNCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and ckpt_path not in _CKPT_KEYWORDS:
-            checkpoint = load_checkpoint(ckpt_path)
+            checkpoint = self._checkpoint(ckpt_path)
             _note_model_difference(self.config[subcommand].get("model"), checkpoint.get("hyper_parameters"), ckpt_path)
         super()._parse_ckpt_path()
+
+    def _checkpoint(self, path: str) -> dict[str, Any]:
+        """The checkpoint at ``path``, read once (a fine-tuned VGG16's is half a gigabyte) for the checks above
+        and below; released once the model has been checked against it."""
+        cached = getattr(self, "_cached_checkpoint", None)
+        if cached is None or cached[0] != path:
+            self._cached_checkpoint = (path, load_checkpoint(path))
+        return self._cached_checkpoint[1]
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Always-on callbacks, configured under their own top-level keys (`checkpoint:`), so an experiment's
@@ -201,10 +213,8 @@ class CNNCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
         if config.get("inputs"):  # new images: prepared with the checkpoint's preprocessing, not the config's data
-            config["data"] = Namespace(
-                class_path=_FILES_DATAMODULE,
-                init_args=Namespace(inputs=config["inputs"], checkpoint=config.get("ckpt_path")),
-            )
+            files = _files_data(config["inputs"], self._checkpoint(config["ckpt_path"]))
+            config["data"] = Namespace(class_path=files["class_path"], init_args=Namespace(**files["init_args"]))
         _link_weights_to_normalization(config)
 
     def instantiate_classes(self) -> None:
@@ -212,10 +222,7 @@ class CNNCLI(LightningCLI):
         # Weights coming from a checkpoint: a pretrained backbone need not fetch its original weights first.
         from_checkpoint = bool(ckpt_path) and ckpt_path not in _CKPT_KEYWORDS and Path(ckpt_path).is_file()
         try:
-            if from_checkpoint:
-                with skip_pretrained_weights():
-                    super().instantiate_classes()
-            else:
+            with skip_pretrained_weights() if from_checkpoint else nullcontext():
                 super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: keep its message, drop the wrapping
             if isinstance(err, CheckpointError):
@@ -231,7 +238,8 @@ class CNNCLI(LightningCLI):
     def _check_checkpoint_fits(self) -> None:
         ckpt_path = self._subcommand_config().get("ckpt_path")
         if ckpt_path and ckpt_path not in _CKPT_KEYWORDS:
-            check_state_dict_fits(self.model, load_checkpoint(ckpt_path)["state_dict"], f"--ckpt_path {ckpt_path}")
+            check_state_dict_fits(self.model, self._checkpoint(ckpt_path)["state_dict"], f"--ckpt_path {ckpt_path}")
+        self._cached_checkpoint = None  # Lightning reads the file itself to restore it
 
     def before_validate(self) -> None:
         self._check_checkpoint_fits()
@@ -433,6 +441,12 @@ def _lookup(document: Any, parts: list[str]) -> Any:
 
 def _has_option(argv: list[str], option: str) -> bool:
     return any(arg == option or arg.startswith(option + "=") for arg in argv)
+
+
+def _files_data(inputs: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The datamodule of new images to predict on, with the checkpoint's preprocessing."""
+    preprocessing = checkpoint_preprocessing(checkpoint).to_dict()
+    return {"class_path": _FILES_DATAMODULE, "init_args": {"inputs": inputs, "preprocessing": preprocessing}}
 
 
 def _class_config(hparams: Optional[dict], ckpt_path: str, what: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.checkpoints import CheckpointError, load_checkpoint
+from lightning_cnn.checkpoints import CheckpointError, checkpoint_preprocessing
 from lightning_cnn.preprocessing import Preprocessing
 
 __all__ = ["FORMATS", "DeployableClassifier", "ExportError", "export", "main", "metadata"]
@@ -95,13 +95,7 @@ def load_deployable(checkpoint: Union[str, Path]) -> tuple[DeployableClassifier,
     """
     from lightning_cnn.module import ImageClassifier
 
-    record = (load_checkpoint(checkpoint).get("hyper_parameters") or {}).get("preprocessing")
-    if not record:
-        raise CheckpointError(
-            f"{checkpoint} records no preprocessing (normalization, input size, class names) to build into the "
-            "exported model; export a checkpoint written by this version of cli.py fit."
-        )
-    preprocessing = Preprocessing.from_dict(record)
+    preprocessing = checkpoint_preprocessing(checkpoint)
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
     return DeployableClassifier(model.net, preprocessing, model.binary).eval(), preprocessing
 

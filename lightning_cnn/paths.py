@@ -1,10 +1,13 @@
-"""Output paths that never replace an earlier file."""
+"""Output paths that never replace an earlier file, and files that are written whole or not at all."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_path"]
+__all__ = ["free_path", "written_whole"]
 
 
 def free_path(path: Path) -> Path:
@@ -14,3 +17,15 @@ def free_path(path: Path) -> Path:
         candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
         n += 1
     return candidate
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` to write to; rename it over ``path`` once the block completes, and
+    delete it if the block fails, so a full disk or a crash never leaves a truncated ``path``."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

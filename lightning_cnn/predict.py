@@ -9,7 +9,6 @@ image with its id, the predicted class name and probability, and the top-k class
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from lightning_cnn.data.files import UNKNOWN_LABEL, load_inputs
-from lightning_cnn.paths import free_path
+from lightning_cnn.paths import free_path, written_whole
 
 __all__ = ["DEFAULT_TOP_K", "PredictionTable", "predict_images"]
 
@@ -90,22 +89,13 @@ class PredictionTable:
         folder.mkdir(parents=True, exist_ok=True)
         rows = self.rows(top_k)
         table, array = free_path(folder / "predictions.csv"), free_path(folder / "probabilities.npy")
-        partial_table, partial_array = (
-            table.with_name(f".{table.name}.partial"),
-            array.with_name(f".{array.name}.partial"),
-        )
-        try:  # whole files or none: written under temporary names, renamed when complete
-            with open(partial_table, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "prediction", "probability"])
-                writer.writeheader()
-                writer.writerows(rows)
-            with open(partial_array, "wb") as f:
-                np.save(f, self.probabilities)
-            os.replace(partial_table, table)
-            os.replace(partial_array, array)
-        finally:
-            partial_table.unlink(missing_ok=True)
-            partial_array.unlink(missing_ok=True)
+        # Whole files or none, each written under a temporary name and renamed when complete.
+        with written_whole(table) as partial, open(partial, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id", "prediction", "probability"])
+            writer.writeheader()
+            writer.writerows(rows)
+        with written_whole(array) as partial, open(partial, "wb") as f:
+            np.save(f, self.probabilities)
         return table, array
 
 
@@ -132,12 +122,11 @@ def predict_images(
         lightning_cnn.checkpoints.CheckpointError: If ``checkpoint`` is missing or not a checkpoint.
         lightning_cnn.data.DataNotFoundError: If an input path does not exist or a folder holds no images.
     """
-    from lightning_cnn.checkpoints import load_checkpoint
-    from lightning_cnn.data.files import read_checkpoint_preprocessing
+    from lightning_cnn.checkpoints import checkpoint_preprocessing
     from lightning_cnn.module import ImageClassifier
 
-    load_checkpoint(checkpoint)  # one clear error for a missing or foreign file, before Lightning's own loading
-    preprocessing = read_checkpoint_preprocessing(checkpoint)
+    # One clear error for a missing or foreign file, or one without preprocessing, before Lightning's own loading.
+    preprocessing = checkpoint_preprocessing(checkpoint)
     loaded = load_inputs(inputs, preprocessing)
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu").to(device).eval()
     chunks = []

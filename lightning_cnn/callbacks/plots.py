@@ -6,7 +6,6 @@ An existing picture is never overwritten: a second test of the same run writes `
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch import Tensor
 
-from lightning_cnn.paths import free_path
+from lightning_cnn.paths import free_path, written_whole
 
 __all__ = ["TrainingPlots", "free_path"]
 
@@ -126,12 +125,10 @@ def _save(fig: Any, path: Path) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path = free_path(path)
-    partial = path.with_name(f".{path.name}.partial")
     try:  # whole or not at all: a full disk leaves no truncated picture
-        fig.savefig(partial, dpi=110, format=path.suffix.lstrip("."))
-        os.replace(partial, path)
+        with written_whole(path) as partial:
+            fig.savefig(partial, dpi=110, format=path.suffix.lstrip("."))
     finally:
-        partial.unlink(missing_ok=True)
         plt.close(fig)
     return path
 

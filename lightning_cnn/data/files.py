@@ -22,10 +22,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_cnn.checkpoints import checkpoint_preprocessing
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, InMemoryImageDataset, _collate_batch
 from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, Preprocessing
 
-__all__ = ["ImageFilesDataModule", "PredictionInputs", "load_inputs", "read_checkpoint_preprocessing"]
+__all__ = ["ImageFilesDataModule", "PredictionInputs", "load_inputs"]
 
 # Label of an image whose class is unknown (new data); the prediction files leave its `label` column empty.
 UNKNOWN_LABEL = -1
@@ -109,25 +110,6 @@ def _load_array(path: Path, preprocessing: Preprocessing) -> PredictionInputs:
     return PredictionInputs(images, [str(i) for i in range(len(images))], [])
 
 
-def read_checkpoint_preprocessing(checkpoint: Union[str, Path]) -> Preprocessing:
-    """The preprocessing a checkpoint of :class:`~lightning_cnn.ImageClassifier` records.
-
-    Raises:
-        DataNotFoundError: If the file does not exist.
-        CorruptDataError: If it is not a checkpoint, or records no preprocessing.
-    """
-    from lightning_cnn.checkpoints import load_checkpoint
-
-    hparams = load_checkpoint(checkpoint).get("hyper_parameters") or {}
-    record = hparams.get("preprocessing")
-    if not record:
-        raise CorruptDataError(
-            f"{checkpoint} records no preprocessing (class names, image size, normalization); predict on the test "
-            "split with the config it was trained with instead (--config <its run folder>/config.yaml)."
-        )
-    return Preprocessing.from_dict(record)
-
-
 class ImageFilesDataModule(pl.LightningDataModule):
     """Prediction on new images with a trained model's preprocessing (``python cli.py predict --inputs ...``).
 
@@ -157,7 +139,7 @@ class ImageFilesDataModule(pl.LightningDataModule):
         self.inputs = inputs
         self.batch_size = batch_size
         self._preprocessing = (
-            Preprocessing.from_dict(preprocessing) if preprocessing else read_checkpoint_preprocessing(checkpoint)
+            Preprocessing.from_dict(preprocessing) if preprocessing else checkpoint_preprocessing(checkpoint)
         )
         self.predict_set: Optional[InMemoryImageDataset] = None
         #: One id per image, in input order: the file path, or the index in the array.
