@@ -20,13 +20,14 @@ import tempfile
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, NoReturn, Optional, TextIO
 
+import torch
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
@@ -48,6 +49,7 @@ from lightning_cnn.models.backbones import (
     weights_name_for,
 )
 from lightning_cnn.module import ImageClassifier, NonFiniteLossError
+from lightning_cnn.paths import written_whole
 
 __all__ = ["CNNCLI", "ConfigError", "main"]
 
@@ -75,6 +77,11 @@ _LINKS: dict[str, Any] = {
 }
 # Keys the CLI fills from the datamodule: a checkpoint and a config that differ only there describe one model.
 _LINKED_NET_KEYS = ("in_channels", "num_classes", "input_size")
+_NET_CONTRACT = (
+    "model.init_args.net takes an nn.Module class, not a builder function such as torchvision.models.resnet18; "
+    "the CLI passes it num_classes, in_channels and input_size where its __init__ takes them. For a torchvision "
+    "model use lightning_cnn.models.TorchvisionNet with init_args: {arch: resnet18}."
+)
 _FILES_DATAMODULE = "lightning_cnn.data.ImageFilesDataModule"
 _DESCRIPTION = (
     "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and "
@@ -89,6 +96,31 @@ class _ConciseParser(LightningArgumentParser):
     def print_usage(self, file: Optional[TextIO] = None) -> None:
         print(f"usage: {self.prog} --config CONFIG [--section.key VALUE ...]", file=file or sys.stderr)
 
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        # jsonargparse cannot link the data's sizes into a net given as a builder function (it fails with an
+        # internal TypeError); say what `net:` takes instead.
+        if ("linked_targets" in message and 'Parser key "net"' in message) or _NET_CONTRACT in message:
+            message = _NET_CONTRACT
+        super().error(message, ex)
+
+
+class _SaveConfigWhole(SaveConfigCallback):
+    """Lightning's config saver, writing ``config.yaml`` under a temporary name and renaming it once complete, as
+    every other file of a run is written: a full disk never leaves a truncated config beside the checkpoints."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        parser_save = self.parser.save
+
+        def save_whole(config: Namespace, path: str, **kwargs: Any) -> None:
+            with written_whole(Path(path)) as partial:
+                parser_save(config, str(partial), **kwargs)
+
+        self.parser.save = save_whole
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.parser.save = parser_save
+
 
 class CNNCLI(LightningCLI):
     """LightningCLI with the datamodule → model links and a ``test_after_fit`` switch."""
@@ -98,6 +130,7 @@ class CNNCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         # Never overwrite a run's saved config; every run gets its own version folder.
+        kwargs.setdefault("save_config_callback", _SaveConfigWhole)
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
         # Any LightningDataModule that offers what the links read (num_classes, dims, preprocessing): the image
@@ -147,7 +180,7 @@ class CNNCLI(LightningCLI):
             defaults["data"] = _class_config(checkpoint.get("datamodule_hyper_parameters"), ckpt_path, "data")
         if not has_config:
             defaults["trainer.logger"] = {
-                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "class_path": "lightning_cnn.loggers.CSVLogger",
                 "init_args": {"save_dir": f"runs/{subcommand}", "name": ""},
             }
         self._subcommand_parsers[subcommand].set_defaults(defaults)
@@ -253,6 +286,7 @@ class CNNCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         self._check_typed_links()
+        self._check_net_takes_data()
 
     def _check_typed_links(self) -> None:
         """A value typed for a linked key (``--model.init_args.net.init_args.in_channels 1``, or the same key in a
@@ -268,6 +302,33 @@ class CNNCLI(LightningCLI):
                     f"{key}={value!r} disagrees with the data ({type(datamodule).__name__} gives {_plain(actual)!r}); "
                     "leave it out: the CLI links it from the datamodule."
                 )
+
+    def _check_net_takes_data(self) -> None:
+        """A net from outside the package (any nn.Module class) is not checked when it is built: run it once on
+        an input of the data's size, so a net that cannot take the images, or gives the wrong number of outputs,
+        fails here with one line rather than as a traceback in the first step."""
+        net, datamodule = getattr(self.model, "net", None), self.datamodule
+        if net is None or type(net).__module__.startswith("lightning_cnn.") or not hasattr(datamodule, "dims"):
+            return
+        name, shape = type(net).__name__, "×".join(map(str, datamodule.dims))
+        was_training = net.training
+        try:
+            with torch.no_grad():
+                out = net.eval()(torch.zeros(2, *datamodule.dims))
+        except RuntimeError as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"model.init_args.net ({name}) cannot take the data's {shape} images ({first_line}); choose a net "
+                "for this size and channel count, or change data.init_args.image_size."
+            ) from None
+        finally:
+            net.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.shape != (2, datamodule.num_classes):
+            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"model.init_args.net ({name}) gives outputs of shape {got} per image, but the data has "
+                f"{datamodule.num_classes} classes; the net must return one logit per class (its num_classes)."
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
