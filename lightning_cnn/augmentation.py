@@ -64,6 +64,7 @@ __all__ = [
     "build_pipeline",
     "keras_pipeline",
     "keras_pixel_matrix",
+    "draw_seed",
     "seed_worker",
 ]
 
@@ -307,6 +308,16 @@ def keras_pipeline(
     return _seeded(A.Compose(transforms), seed)
 
 
+def draw_seed(*keys: int) -> int:
+    """A seed made from integers (the augmentation's seed, the epoch, the samples or the batch number).
+
+    Each batch's augmentation is drawn from a generator seeded with what identifies the batch, not from one stream
+    running through the epoch: the same batch gets the same draws whichever worker process makes it, with any
+    number of workers, and in a run resumed mid-epoch exactly as in the uninterrupted run.
+    """
+    return int(np.random.SeedSequence([int(k) % 2**63 for k in keys]).generate_state(1)[0])
+
+
 def _seeded(pipeline: A.Compose, seed: Optional[int]) -> A.Compose:
     """Seed a pipeline with *one* random stream shared by all its transforms.
 
@@ -378,7 +389,12 @@ class BatchedKerasAugment:
         self.fill = fill.reshape(1, -1, 1, 1) if fill.ndim else fill.reshape(1, 1, 1, 1)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, *keys: int) -> None:
+        """Draw the next batch from ``draw_seed(seed, *keys)`` (e.g. the epoch and the batch number)."""
+        self.generator.manual_seed(draw_seed(self.seed, *keys))
 
     def sample(self, n: int, height: int, width: int) -> KerasParams:
         """Draw the parameters of ``n`` images (CPU tensors)."""
@@ -563,23 +579,17 @@ class _CheckedPipeline:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own, reproducible augmentation stream.
+    """DataLoader ``worker_init_fn``: seed numpy's and Python's global generators from the worker's own seed.
 
-    Albumentations 2.x draws from the pipeline's own generators, not numpy's global state, and every worker starts
-    with a copy of the same pipeline — without this, all workers would augment identically. The worker's torch
-    seed (the loader's base seed plus the worker id; a new base seed each epoch) mixed with the pipeline's seed
-    reseeds the pipeline, numpy and ``random``.
+    Albumentations pipelines draw from their own generators, which the dataset reseeds for every batch (see
+    :func:`draw_seed`); this covers a user's transform that draws from the global generators, so workers do not
+    all draw alike.
     """
     info = torch.utils.data.get_worker_info()
     worker_seed = info.seed if info is not None else torch.initial_seed()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    # Mixed with the pipeline's own seed, so `augmentation.seed` still selects the stream.
-    pipeline_seed = getattr(transform, "seed", None) or 0
-    seed = int(np.random.SeedSequence([worker_seed % 2**63, pipeline_seed]).generate_state(1)[0])
+    seed = draw_seed(worker_seed)
     np.random.seed(seed)
     random.seed(seed)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
 
 
 # --- what a datamodule's `augmentation:` takes ---------------------------------------------------------------------
@@ -590,7 +600,8 @@ class Augmentation:
 
     Args:
         seed: Seed of the augmentation draws; ``None`` derives one from torch's global generator (set by
-            ``seed_everything``). DataLoader workers reseed from their own seeds (see :func:`seed_worker`).
+            ``seed_everything``). Each batch's draws are keyed by this seed, the epoch and the batch (see
+            :func:`draw_seed`).
     """
 
     def __init__(self, seed: Optional[int] = None) -> None:

@@ -26,11 +26,16 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_cnn.callbacks import ClassificationReport, KerasModelSummary, PredictionWriter, TrainingPlots
+from lightning_cnn.callbacks import (
+    ClassificationReport,
+    KerasModelSummary,
+    ModelCheckpoint,
+    PredictionWriter,
+    TrainingPlots,
+)
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
 from lightning_cnn.checkpoints import (
     AtomicCheckpointIO,

@@ -273,26 +273,31 @@ def test_the_same_seed_gives_the_same_augmented_batch(mnist_dir, mode):
     assert not torch.allclose(a, c)
 
 
-def test_workers_get_distinct_reproducible_augmentation_streams(mnist_dir):
-    def batches() -> list[torch.Tensor]:
+def test_a_batch_is_augmented_alike_with_any_number_of_workers(mnist_dir):
+    def epochs(workers: int, persistent: bool) -> list[list[torch.Tensor]]:
         dm = FashionMNISTDataModule(
             data_dir=str(mnist_dir),
             batch_size=4,
-            num_workers=2,
-            persistent_workers=False,
+            num_workers=workers,
+            persistent_workers=persistent,
             augmentation=KerasAugmentation(**SLIDES, seed=1),
         )
         dm.setup("fit")
         dm.train_set.images[:] = dm.train_set.images[0]  # every sample the same image: differences are augmentation
-        torch.manual_seed(0)
         loader = dm.train_dataloader()
-        assert loader.worker_init_fn is seed_worker
-        # Batch 0 comes from worker 0, batch 1 from worker 1. The whole epoch is read so the workers stop now.
-        return [x for x, _ in loader][:2]
+        assert loader.worker_init_fn is (seed_worker if workers else None)
+        out = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            out.append([x for x, _ in loader][:3])  # the whole epoch is read, so workers stop cleanly
+        return out
 
-    first, second = batches(), batches()
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
-    assert not torch.allclose(first[0], first[1])
+    reference = epochs(0, False)
+    for workers, persistent in ((2, True), (2, False)):
+        for a, b in zip(reference, epochs(workers, persistent)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.allclose(reference[0][0], reference[0][1]), "two batches drew alike"
+    assert not torch.allclose(reference[0][0][:1], reference[1][0][:1]), "two epochs drew alike"
 
 
 # --- train-only, through Trainer.fit ----------------------------------------------------------------------------------

@@ -384,3 +384,25 @@ def test_vgg16_config_with_a_local_weights_file(in_tmp):
     # Frozen during the run: still exactly the file's weights (BatchNorm statistics included).
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, state[f"features.{key}"]), key
+
+
+def test_resume_from_a_step_checkpoint_at_an_epoch_boundary_still_unfreezes(tmp_path):
+    # A step checkpoint written after an epoch's last batch: Lightning resumes it as a mid-epoch restart and skips
+    # on_train_epoch_start of the next epoch, where the unfreeze milestone falls.
+    def fit(folder: Path, ckpt_path=None):
+        module = make_module("step")
+        saver = pl.callbacks.ModelCheckpoint(
+            dirpath=folder, every_n_train_steps=4, save_top_k=-1, filename="step{step}", auto_insert_metric_name=False
+        )
+        callback, probe = FreezeBackbone(unfreeze_at_epoch=2, verbose=False), BatchModeProbe()
+        trainer = make_trainer(folder, 4, [callback, saver, probe], enable_checkpointing=True)
+        trainer.fit(module, datamodule=TinyData(), ckpt_path=ckpt_path)
+        return module, trainer, probe
+
+    full, full_trainer, full_probe = fit(tmp_path / "full")
+    resumed, resumed_trainer, probe = fit(tmp_path / "resumed", str(tmp_path / "full" / "step8.ckpt"))
+    assert _groups(resumed_trainer) == _groups(full_trainer)
+    assert probe.modes == full_probe.modes[-len(probe.modes) :], "BatchNorm modes after resuming differ"
+    reference = full.state_dict()
+    for key, value in resumed.state_dict().items():
+        torch.testing.assert_close(value, reference[key], msg=f"{key} differs after resuming")

@@ -1,6 +1,7 @@
-"""Callbacks: Keras' EarlyStopping semantics, model summary, training plots, per-class reports, prediction files,
+"""Callbacks: checkpoints whose last and best mean what they say, Keras' EarlyStopping semantics, model summary, training plots, per-class reports, prediction files,
 and backbone freezing for fine-tuning."""
 
+from lightning_cnn.callbacks.checkpoint import ModelCheckpoint
 from lightning_cnn.callbacks.early_stopping import EarlyStopping
 from lightning_cnn.callbacks.finetune import FreezeBackbone
 from lightning_cnn.callbacks.plots import TrainingPlots
@@ -13,6 +14,7 @@ __all__ = [
     "EarlyStopping",
     "FreezeBackbone",
     "KerasModelSummary",
+    "ModelCheckpoint",
     "PredictionWriter",
     "TrainingPlots",
 ]

@@ -16,8 +16,13 @@ class EarlyStopping(_LightningEarlyStopping):
     """Lightning's ``EarlyStopping`` plus Keras' ``restore_best_weights``.
 
     With ``restore_best_weights``, the module's weights (and buffers) are copied to CPU memory each time the
-    monitored value improves and loaded back when training ends, however it ends — as Keras 3 does. Those
+    monitored value improves by more than ``min_delta`` and loaded back when fit ends — as Keras 3 does. Those
     weights travel in the checkpoint, so a resumed run still restores the best of the whole run.
+
+    They are loaded in ``on_fit_end``, after the checkpoint callbacks' end-of-training ``last.ckpt``: that file
+    stays the final state (weights, optimizer, epoch counter agreeing), resumable as such, while the restored
+    weights are those of the best checkpoint (:class:`~lightning_cnn.callbacks.ModelCheckpoint` uses the same
+    ``min_delta``).
 
     Keras' defaults differ from Lightning's: Keras uses ``patience=0``, Lightning ``patience=3``; the shipped
     configs state the value they use.
@@ -45,7 +50,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         self.best_epoch = trainer.current_epoch
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             pl_module.load_state_dict(copy.deepcopy(self.best_weights))
             if self.verbose:

@@ -245,15 +245,21 @@ class FreezeBackbone(Callback):
             self._ddp_registered = {id(p) for p in pl_module.parameters() if p.requires_grad}
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        while self.stage < len(self.milestones) and trainer.current_epoch >= self.milestones[self.stage]:
-            self._unfreeze_next(trainer)
+        self._pass_due_milestones(trainer)
         self._set_batchnorm_modes()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # A run resumed from a step checkpoint restarts "mid-epoch" and skips on_train_epoch_start, also when the
+        # checkpoint was written after an epoch's last batch: a milestone due now is passed here instead.
+        self._pass_due_milestones(trainer)
         # Cheap, and robust to anything (validation, a user hook) having put the module back in train mode.
         self._set_batchnorm_modes()
+
+    def _pass_due_milestones(self, trainer: pl.Trainer) -> None:
+        while self.stage < len(self.milestones) and trainer.current_epoch >= self.milestones[self.stage]:
+            self._unfreeze_next(trainer)
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._ddp_registered is not None and self.stage > 0:

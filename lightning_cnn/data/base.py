@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_cnn.augmentation import Augmentation, seed_worker
+from lightning_cnn.augmentation import Augmentation, draw_seed, seed_worker
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
 from lightning_cnn.preprocessing import Preprocessing, normalize_uint8, resize_uint8
 
@@ -97,7 +97,10 @@ class InMemoryImageDataset(Dataset):
         std: Per-channel std, with ``mean``.
         to_rgb: Repeat a single channel three times.
         transform: Per-sample augmentation on an ``(H, W, C)`` uint8 array, called as Albumentations
-            transforms are (``transform(image=array)["image"]``); it must keep uint8 and the image size.
+            transforms are (``transform(image=array)["image"]``); it must keep uint8 and the image size. One that
+            offers ``set_random_seed`` (Albumentations pipelines do) is reseeded for every batch from its ``seed``,
+            the epoch and the batch's indices (:func:`~lightning_cnn.augmentation.draw_seed`), so a batch is
+            augmented alike by any worker, with any number of workers, and after a resume.
     """
 
     def __init__(
@@ -118,11 +121,20 @@ class InMemoryImageDataset(Dataset):
             None if mean is None else torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
         )
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+        # In shared memory, so persistent DataLoader workers see the epoch the loader sets.
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the augmentation draws are keyed by (the training loader sets it before each epoch)."""
+        self.epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _augment(self, images: Tensor) -> Tensor:
+    def _augment(self, images: Tensor, indices: list[int]) -> Tensor:
+        if hasattr(self.transform, "set_random_seed"):
+            seed = getattr(self.transform, "seed", None) or 0
+            self.transform.set_random_seed(draw_seed(seed, int(self.epoch), *indices))
         arrays = images.permute(0, 2, 3, 1).numpy()
         out = [self.transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
         stacked = torch.from_numpy(np.stack(out))
@@ -138,7 +150,7 @@ class InMemoryImageDataset(Dataset):
         index = torch.as_tensor(indices)
         images = self.images[index]
         if self.transform is not None:
-            images = self._augment(images)
+            images = self._augment(images, indices)
         return self.to_float(images), self.labels[index]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
@@ -266,6 +278,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.augmentation = augmentation
         #: Applied to training batches on the device (``augmentation`` in ``batched`` mode), built in ``setup``.
         self.batch_augment: Optional[Callable[[Tensor], Tensor]] = None
+        self._train_loader: Optional[DataLoader] = None
 
         self.train_set: Optional[InMemoryImageDataset] = None
         self.val_set: Optional[InMemoryImageDataset] = None
@@ -415,6 +428,10 @@ class ImageDataModule(pl.LightningDataModule):
         is_training_batch = isinstance(batch, (tuple, list)) and len(batch) == 2
         if self.batch_augment is not None and is_training_batch and self.trainer is not None and self.trainer.training:
             images, labels = batch
+            loader = self._train_loader
+            if isinstance(loader, ResumableDataLoader) and hasattr(self.batch_augment, "reseed"):
+                # Draws keyed by the batch, not a stream through the epoch: the same after a resume.
+                self.batch_augment.reseed(loader.sampler.epoch, loader.batches_handed_out)
             return self.batch_augment(images), labels
         return batch
 
@@ -441,7 +458,9 @@ class ImageDataModule(pl.LightningDataModule):
         batch_size = self.per_process_batch_size(world_size)
         if shuffle:  # the training order: seeded, sharded over processes, resumable mid-epoch
             sampler = ResumableShuffleSampler(dataset, num_replicas=world_size, rank=rank, seed=self.seed)
-            return ResumableDataLoader(dataset, sampler=sampler, batch_size=batch_size, **common)
+            # Lightning's limit_train_batches shortens the epoch; the loader must know where the epoch ends.
+            limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
+            return ResumableDataLoader(dataset, sampler=sampler, batch_size=batch_size, limit_batches=limit, **common)
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
 
     def per_process_batch_size(self, world_size: int) -> int:
@@ -460,7 +479,8 @@ class ImageDataModule(pl.LightningDataModule):
         return self.global_batch_size // world_size
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        self._train_loader = self._loader(self.train_set, shuffle=True)
+        return self._train_loader
 
     def val_dataloader(self) -> Union[DataLoader, list]:
         if self.train_set is not None and self.val_set is None:

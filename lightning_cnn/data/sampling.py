@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -78,12 +78,28 @@ class ResumableDataLoader(DataLoader):
 
     sampler: ResumableShuffleSampler
 
-    def __init__(self, dataset: Dataset, sampler: ResumableShuffleSampler, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: Dataset, sampler: ResumableShuffleSampler, limit_batches: Union[int, float] = 1.0, **kwargs: Any
+    ) -> None:
         if not isinstance(sampler, ResumableShuffleSampler):
             raise TypeError(f"sampler={type(sampler).__name__}; ResumableDataLoader needs a ResumableShuffleSampler.")
         super().__init__(dataset, sampler=sampler, **kwargs)
+        self.limit_batches = limit_batches
         self._batches_handed_out = 0
         self._resume_at: Optional[int] = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """The batches Lightning takes per epoch: ``len(self)`` cut by ``limit_train_batches`` (an int is a count,
+        a float a fraction, as Lightning reads it)."""
+        if isinstance(self.limit_batches, int):
+            return min(len(self), self.limit_batches)
+        return int(len(self) * self.limit_batches)
+
+    @property
+    def batches_handed_out(self) -> int:
+        """Batches of the current epoch handed out so far (the one just handed out is number ``n - 1``)."""
+        return self._batches_handed_out
 
     def __iter__(self) -> Iterator[Any]:
         start = self._resume_at or 0
@@ -91,6 +107,8 @@ class ResumableDataLoader(DataLoader):
         if start:
             self.sampler.skip_next(start * self._batch_size_for_skip())
         self._batches_handed_out = start
+        if hasattr(self.dataset, "set_epoch"):  # per-sample augmentation keyed by the epoch
+            self.dataset.set_epoch(self.sampler.epoch)
         # Building an iterator draws the workers' base seed; from a per-epoch generator rather than the global
         # one, the draw neither shifts the numbers training draws (dropout) nor depends on when it happens.
         self.generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
@@ -108,7 +126,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(self):  # saved after the epoch's last batch: resume at the start of the next one
+        if batches >= self.batches_per_epoch:  # saved after the epoch's last batch: start the next epoch
             epoch, batches = epoch + 1, 0
         # Lightning also calls set_epoch, but only after this iterator may already have drawn from the sampler.
         self.sampler.set_epoch(epoch)
