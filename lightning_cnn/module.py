@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from lightning_cnn.models.backbones import skip_pretrained_weights
@@ -93,6 +94,15 @@ class ImageClassifier(pl.LightningModule):
         # mistaken for probabilities; the confusion matrices give the per-class report and the test picture.
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Evaluation losses as means over images. nan_strategy=nan keeps a NaN loss visible (the default drops it
+        # with a warning; "disable" also ignores the weights, torchmetrics 1.9).
+        self.eval_means = nn.ModuleDict(
+            {
+                f"{stage}_{name}": MeanMetric(nan_strategy=float("nan"))
+                for stage in ("val", "test")
+                for name in ("loss", "data_loss", "reg_loss")
+            }
+        )
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         #: The last finished epoch's confusion matrix per stage (rows: true class, columns: predicted).
@@ -154,11 +164,11 @@ class ImageClassifier(pl.LightningModule):
         accuracy = getattr(self, f"{stage}_acc")
         accuracy(labels, y)
         getattr(self, f"{stage}_confusion").update(labels, y)
-        # sync_dist: under DDP every rank logs the mean over all ranks, so monitors agree across processes.
-        log = dict(on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
-        self.log(f"{stage}/loss", loss, prog_bar=True, **log)
-        self.log(f"{stage}/data_loss", data_loss, **log)
-        self.log(f"{stage}/reg_loss", reg_loss, **log)
+        # Means over images, synced over processes as sums and counts: exact when processes hold unequal shares.
+        for name, value in (("loss", loss), ("data_loss", data_loss), ("reg_loss", reg_loss)):
+            mean = self.eval_means[f"{stage}_{name}"]
+            mean.update(value.detach(), weight=x.shape[0])
+            self.log(f"{stage}/{name}", mean, prog_bar=name == "loss", on_step=False, on_epoch=True)
         self.log(f"{stage}/acc", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

@@ -63,6 +63,7 @@ class RankProbe(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.record["test"] = self._metrics(trainer, "test/")
+        self.record["test_confusion"] = pl_module.confusion_matrices["test"].tolist()
         self._write(trainer)
 
 
@@ -204,6 +205,28 @@ def test_two_process_ddp_equals_one_process_and_writes_one_set_of_files(one_proc
             assert ranks[0][stage][key] == pytest.approx(value, abs=1e-4), key
 
 
+def test_evaluation_counts_every_image_once_when_processes_get_unequal_shares(one_process, tmp_path):
+    # 321 test images: 161 on one process, 160 on the other; padding would count one image twice.
+    data = write_fake_mnist(tmp_path / "mnist", n_train=N_TRAIN + N_VAL, n_test=321)
+    ckpt = one_process / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    records = {}
+    for name, trainer in (
+        ("one", ["--trainer.devices", "1"]),
+        ("two", ["--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml")]),
+    ):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        config = write_experiment(run_dir, data, callbacks=[probe(run_dir)])
+        run_cli(run_dir, "test", "--config", str(config), "--ckpt_path", str(ckpt), "--trainer.accelerator", "cpu",
+                *trainer)  # fmt: skip
+        records[name] = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(2 if name == "two" else 1)]
+    reference = records["one"][0]
+    assert sum(map(sum, reference["test_confusion"])) == 321
+    for rank in records["two"]:
+        assert rank["test_confusion"] == reference["test_confusion"]
+        assert rank["test"] == {k: pytest.approx(v, rel=1e-5) for k, v in reference["test"].items()}
+
+
 def test_two_node_torchrun_on_loopback_runs_the_same_fit(one_process, data_dir, tmp_path):
     config = write_experiment(tmp_path, data_dir, callbacks=[probe(tmp_path)])
     port = free_port()
@@ -288,3 +311,34 @@ def test_sharded_batches_together_are_the_single_process_batches(world_size):
     first = list(single)
     single.set_epoch(1)
     assert list(single) != first  # a new order every epoch
+
+
+def _rng_rank_worker(rank: int, port: int, out_dir: str) -> None:
+    """One of two gloo processes: different random streams per rank, saved together, each restored by its rank."""
+    import torch.distributed as dist
+
+    from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(100 + rank)  # as a rank's own draws (e.g. its GPU's dropout) leave it
+        state = RNGStateCheckpoint().state_dict()  # collective: every rank takes part, as in Lightning
+        expected = torch.rand(4)
+        torch.manual_seed(999)  # the restarted process starts elsewhere
+        RNGStateCheckpoint.restore(state, rank, 2)
+        torch.save({"expected": expected, "resumed": torch.rand(4)}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_resumes_its_own_random_states(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_rng_rank_worker, args=(port, str(tmp_path)), nprocs=2, start_method="spawn")
+    draws = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for rank, draw in enumerate(draws):
+        torch.testing.assert_close(draw["resumed"], draw["expected"], rtol=0, atol=0, msg=f"rank {rank}")
+    assert not torch.equal(draws[0]["expected"], draws[1]["expected"])

@@ -219,3 +219,14 @@ def test_checkpoint_of_a_model_built_in_python_records_the_datamodules_preproces
     saved = torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]["preprocessing"]
     assert saved["class_names"] == [str(d) for d in range(10)] and saved["mean"] == [0.1307]
     assert ImageClassifier.load_from_checkpoint(tmp_path / "m.ckpt", net=LeNet()).preprocessing == dm.preprocessing
+
+
+def test_evaluation_losses_are_means_over_images_not_over_batches():
+    torch.manual_seed(0)
+    model = ImageClassifier(LeNet(), num_classes=10)
+    loader = _loader(n=33, batch_size=32)  # a full batch and a batch of one
+    result = _trainer().validate(model, loader, verbose=False)[0]
+    x, y = loader.dataset.tensors
+    with torch.no_grad():
+        expected = F.cross_entropy(model.eval()(x), y).item()
+    assert result["val/data_loss"] == pytest.approx(expected, rel=1e-5)

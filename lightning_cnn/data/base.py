@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -461,7 +462,10 @@ class ImageDataModule(pl.LightningDataModule):
             # Lightning's limit_train_batches shortens the epoch; the loader must know where the epoch ends.
             limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
             return ResumableDataLoader(dataset, sampler=sampler, batch_size=batch_size, limit_batches=limit, **common)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
+        # Evaluation under DDP: each image on exactly one process, none repeated to even out the shares (as
+        # DistributedSampler would), so metrics and confusion matrices count every image once.
+        sampler = UnrepeatedDistributedSampler(dataset, world_size, rank, shuffle=False) if world_size > 1 else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, **common)
 
     def per_process_batch_size(self, world_size: int) -> int:
         """Each process' batch: ``global_batch_size / world_size`` when a global size is set, else ``batch_size``.
