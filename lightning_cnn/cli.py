@@ -352,12 +352,25 @@ class CNNCLI(LightningCLI):
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
+        self._check_batch_splits()
         self._check_run_dir_writable()
         try:
             super()._run_subcommand(subcommand)
         except Exception:
             self._remove_failed_run_dir()
             raise
+
+    def _check_batch_splits(self) -> None:
+        """A global batch that does not split over the processes fails now, before any process starts or any file
+        is written (the datamodule would only find out when its first loader is built)."""
+        split = getattr(self.datamodule, "per_process_batch_size", None)
+        if split is None:
+            return
+        processes = self.trainer.num_nodes * self.trainer.num_devices
+        try:
+            split(processes)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     def _check_run_dir_writable(self) -> None:
         if self._run_dir is None:

@@ -180,3 +180,24 @@ def test_bad_values_and_missing_data_end_with_one_error_line(in_tmp, capsys, ove
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(message) and "Traceback" not in "\n".join(err)
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_fails_before_anything_starts(in_tmp, capsys):
+    from lightning_cnn.cli import main
+
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--data.init_args.global_batch_size", "33",
+              "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: global_batch_size=33 does not split over 2 processes")
+    assert not (in_tmp / "runs").exists()  # no process started, no version folder, no config
+
+
+def test_a_fast_dev_run_writes_nothing(in_tmp):
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    before = sorted(in_tmp.rglob("*"))
+    CNNCLI(args=["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--trainer.fast_dev_run", "1",
+                 "--test_after_fit", "true"])  # fmt: skip
+    assert sorted(in_tmp.rglob("*")) == before  # no checkpoints/last.ckpt, pictures or reports in the working folder

@@ -406,3 +406,20 @@ def test_resume_from_a_step_checkpoint_at_an_epoch_boundary_still_unfreezes(tmp_
     reference = full.state_dict()
     for key, value in resumed.state_dict().items():
         torch.testing.assert_close(value, reference[key], msg=f"{key} differs after resuming")
+
+
+def test_learning_curves_follow_each_param_groups_learning_rate(tmp_path):
+    from lightning_cnn.callbacks import TrainingPlots
+
+    plots = TrainingPlots()
+    trainer = make_trainer(tmp_path, 3, [FreezeBackbone(unfreeze_at_epoch=1, verbose=False), plots])
+    trainer.fit(make_module(), datamodule=TinyData())
+    assert plots.history["lr/group 0"] == [(0, HEAD_LR), (1, HEAD_LR), (2, HEAD_LR)]
+    assert plots.history["lr/group 1"] == [(1, pytest.approx(HEAD_LR * 0.1)), (2, pytest.approx(HEAD_LR * 0.1))]
+
+
+def test_fine_tuning_configs_log_every_groups_learning_rate():
+    configs = [p for p in (REPO_ROOT / "configs").rglob("*.yaml") if "FreezeBackbone" in p.read_text()]
+    assert len(configs) >= 2
+    for path in configs:
+        assert "pytorch_lightning.callbacks.LearningRateMonitor" in path.read_text(), path.name

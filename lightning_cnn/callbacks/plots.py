@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 from torch import Tensor
@@ -22,7 +22,8 @@ _CURVES = (("loss", "train/loss_epoch", "val/loss"), ("accuracy", "train/acc_epo
 
 
 class TrainingPlots(pl.Callback):
-    """Writes ``learning_curves.png`` (loss and accuracy per epoch, train vs validation) after ``fit`` and
+    """Writes ``learning_curves.png`` (loss and accuracy per epoch, train vs validation, and each optimizer param
+    group's learning rate) after ``fit`` and
     ``confusion_matrix.png`` (rows: true class, columns: predicted class, row-normalized) after ``test``.
 
     Args:
@@ -44,10 +45,14 @@ class TrainingPlots(pl.Callback):
                 value = trainer.callback_metrics.get(key)
                 if value is not None:
                     self.history[key].append((trainer.current_epoch, float(value)))
+        # The learning rate of every param group (a fine-tuned backbone's group appears when it is unfrozen).
+        for optimizer in trainer.optimizers[:1]:
+            for i, group in enumerate(optimizer.param_groups):
+                self.history[f"lr/group {i}"].append((trainer.current_epoch, float(group["lr"])))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         folder = _log_folder(trainer)  # on every rank: it is a collective call under DDP
-        if self.learning_curves and trainer.is_global_zero and self.history:
+        if folder is not None and self.learning_curves and trainer.is_global_zero and self.history:
             _report("learning curves", self._draw_curves(folder))
 
     def _draw_curves(self, folder: Path) -> Path:
@@ -57,12 +62,17 @@ class TrainingPlots(pl.Callback):
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
 
-        fig, axes = plt.subplots(1, len(_CURVES), figsize=(5 * len(_CURVES), 3.6))
-        for ax, (title, *keys) in zip(axes, _CURVES):
-            for key, style in zip(keys, ("-o", "-s")):
+        lr_keys = sorted(k for k in self.history if k.startswith("lr/"))
+        panels = [*_CURVES, ("learning rate", *lr_keys)] if lr_keys else list(_CURVES)
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+        for ax, (title, *keys) in zip(axes, panels):
+            for key, style in zip(keys, ("-o", "-s", "-^", "-v", "-D", "-x")):
                 if self.history.get(key):
                     epochs, values = zip(*self.history[key])
-                    ax.plot(epochs, values, style, label=key.split("/")[0], markersize=4)
+                    label = key.split("/")[1] if key.startswith("lr/") else key.split("/")[0]
+                    ax.plot(epochs, values, style, label=label, markersize=4)
+            if title == "learning rate":
+                ax.set_yscale("log")
             ax.set(title=title, xlabel="epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
@@ -78,7 +88,7 @@ class TrainingPlots(pl.Callback):
         if confusion is None or not self.confusion_matrix:
             return
         folder = _log_folder(trainer)
-        if trainer.is_global_zero:
+        if folder is not None and trainer.is_global_zero:
             names = _class_names(trainer, pl_module, len(confusion))
             _report("confusion matrix", self._draw_confusion(folder, confusion, names))
 
@@ -115,7 +125,11 @@ def _class_names(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int) -> 
     return names if len(names) == n else [str(i) for i in range(n)]
 
 
-def _log_folder(trainer: pl.Trainer) -> Path:
+def _log_folder(trainer: pl.Trainer) -> Optional[Path]:
+    """The run's folder for pictures and reports; ``None`` under ``fast_dev_run``, a smoke run that writes
+    nothing (it has no run folder: Lightning turns the loggers off, and ``log_dir`` is the working folder)."""
+    if trainer.fast_dev_run:
+        return None
     # trainer.log_dir broadcasts rank 0's folder: every rank must call it, or DDP waits forever.
     return Path(trainer.log_dir or trainer.default_root_dir)
 

@@ -61,7 +61,7 @@ class PredictionWriter(BasePredictionWriter):
         chunks = _gather(self._chunks, trainer.world_size)
         self._chunks = []
         folder = Path(self.output_dir) if self.output_dir else _log_folder(trainer)  # collective under DDP
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or folder is None:  # folder None: a fast_dev_run writes nothing
             return
         self.written = self._write(trainer, pl_module, chunks, folder)
 

@@ -17,7 +17,8 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from lightning_cnn.callbacks.plots import _class_names, _log_folder, _report, free_path
+from lightning_cnn.callbacks.plots import _class_names, _log_folder, _report
+from lightning_cnn.paths import free_path, written_whole
 
 __all__ = ["ClassificationReport", "format_report", "per_class_scores"]
 
@@ -98,8 +99,10 @@ class ClassificationReport(pl.Callback):
         split = {"val": "validation", "test": "test"}[stage]
         self.last_report = format_report(confusion, names)
         print(f"\nPer-class results on the {split} split:\n{self.last_report}\n", flush=True)
+        if folder is None:  # a fast_dev_run writes nothing
+            return
         path = free_path(folder / f"classification_report_{stage}.csv")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with written_whole(path) as partial, open(partial, "w", newline="") as f:
             csv.writer(f).writerows([_HEADER, *_rows(confusion, names)])
         _report("per-class report", Path(path))
