@@ -453,23 +453,24 @@ def _latest_checkpoint(trainer: Trainer) -> Optional[str]:
     """The newest resumable checkpoint of this experiment, for ``--ckpt_path last``.
 
     Every run logs into its own ``version_N`` folder, so Lightning's own ``last`` (which looks only in the new
-    run's empty folder) would silently start from scratch. Candidates: ``last*.ckpt`` in every version folder of
-    the first logger (and in explicit checkpoint ``dirpath``s), and SLURM pre-emption checkpoints
-    (``hpc_ckpt_*.ckpt``) in ``trainer.default_root_dir``; the most recently written wins. ``None`` (start from
-    scratch, with a warning) when there is none, so the same command starts and resumes a pre-emptible job.
+    run's empty folder) would silently start from scratch. Candidates: SLURM pre-emption checkpoints
+    (``hpc_ckpt_*.ckpt``) and ``last*.ckpt`` in ``trainer.default_root_dir``, and ``last*.ckpt`` either in the
+    checkpoint callbacks' explicit ``dirpath``s — when one is given, those folders are the run's own (a SLURM job's
+    folder, say) and no other run's checkpoints are considered — or else in every version folder of the first
+    logger. The most recently written wins. ``None`` (start from scratch, with a warning) when there is none, so
+    the same command starts and resumes a pre-emptible job.
     """
     folders: list[Path] = [Path(trainer.default_root_dir)]
-    patterns = ["hpc_ckpt_*.ckpt"]
-    if trainer.loggers and getattr(trainer.loggers[0], "root_dir", None):
-        folders.append(Path(trainer.loggers[0].root_dir))
-        patterns.append("version_*/checkpoints/last*.ckpt")
-    for callback in trainer.checkpoint_callbacks:
-        if getattr(callback, "dirpath", None):
-            folders.append(Path(callback.dirpath))
-    found = [path for folder in folders for pattern in patterns + ["last*.ckpt"] for path in folder.glob(pattern)]
+    patterns = ["hpc_ckpt_*.ckpt", "last*.ckpt"]
+    explicit = [Path(c.dirpath) for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    found = [path for folder in folders + explicit for pattern in patterns for path in folder.glob(pattern)]
+    if not explicit and trainer.loggers and getattr(trainer.loggers[0], "root_dir", None):
+        root = Path(trainer.loggers[0].root_dir)
+        folders.append(root)
+        found += root.glob("version_*/checkpoints/last*.ckpt")
     if not found:
         rank_zero_warn(
-            f"--ckpt_path last: no last*.ckpt or hpc_ckpt_*.ckpt under {', '.join(map(str, folders))}; "
+            f"--ckpt_path last: no last*.ckpt or hpc_ckpt_*.ckpt under {', '.join(map(str, folders + explicit))}; "
             "training starts from scratch."
         )
         return None

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 
-from tests.conftest import write_fake_mnist
+from tests.conftest import REPO_ROOT, write_fake_mnist
 from tests.test_ddp import (
     N_TEST,
     N_TRAIN,
@@ -192,3 +194,44 @@ def test_sigusr1_under_slurm_saves_requeues_and_the_next_job_resumes(uninterrupt
     output = run_cli(tmp_path, "fit", "--config", str(plain), *args, env=env)
     assert "hpc_ckpt_1.ckpt" in output
     assert_same_weights(final_weights(tmp_path, version=1), final_weights(uninterrupted))
+
+
+def test_the_sbatch_script_starts_fresh_then_resumes_its_own_job_after_a_requeue(data_dir, tmp_path):
+    env, _ = _fake_slurm(tmp_path)
+    bin_dir = tmp_path / "bin"
+    srun_log = tmp_path / "srun.log"
+    srun = bin_dir / "srun"  # runs the one task here, recording what each task would be given
+    srun.write_text(f'#!/bin/sh\necho "cpus=$SRUN_CPUS_PER_TASK" >> {srun_log}\nexec "$@"\n')
+    srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    activate = tmp_path / "activate"  # the environment the script activates: this test's Python first on PATH
+    activate.write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    env.update(SLURM_JOB_NUM_NODES="1", SLURM_CPUS_PER_TASK="2", SLURM_SUBMIT_DIR=str(tmp_path),
+               LIGHTNING_CNN_DIR=str(REPO_ROOT), ENV_ACTIVATE=str(activate))  # fmt: skip
+    config = write_experiment(tmp_path, data_dir, max_epochs=1)
+    cpu = ["--trainer.accelerator", "cpu", "--trainer.sync_batchnorm", "false"]
+
+    def sbatch(job_id: str, *extra: str) -> str:
+        result = subprocess.run(
+            ["bash", str(REPO_ROOT / "slurm" / "train.sbatch"), str(config), *cpu, *extra],
+            cwd=tmp_path, env={**env, "SLURM_JOB_ID": job_id}, capture_output=True, text=True,
+            timeout=RUN_TIMEOUT_S,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-6000:]
+        return result.stdout + result.stderr
+
+    first = sbatch("4242")
+    assert "Restored all states" not in first  # (testing the best checkpoint after fit only loads weights)
+    job_dir = tmp_path / "runs" / "experiment" / "slurm-4242"
+    assert (job_dir / "checkpoints" / "last.ckpt").is_file()
+    assert srun_log.read_text().split() == ["cpus=2"]
+
+    # The same job requeued (after a crash, say) with a longer budget: it resumes from its own folder.
+    requeued = sbatch("4242", "--trainer.max_epochs", "2")
+    assert f"Restoring states from the checkpoint path at {job_dir / 'checkpoints' / 'last.ckpt'}" in requeued
+    # Another job of the same experiment picks up neither job 4242's checkpoints nor a newer one of a run
+    # outside SLURM in the experiment's log folder.
+    outside = tmp_path / "runs" / "version_9" / "checkpoints"
+    outside.mkdir(parents=True)
+    shutil.copy(job_dir / "checkpoints" / "last.ckpt", outside / "last.ckpt")
+    other = sbatch("4343")
+    assert "Restored all states" not in other
