@@ -194,3 +194,33 @@ def test_every_datamodule_builds_from_its_real_format(tmp_path, name):
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, *dm.dims) and len(dm.class_names) == dm.num_classes
     assert isinstance(dm.locate(), Path)
+
+
+def test_concurrent_downloads_into_one_shared_folder_are_safe(tmp_path, monkeypatch):
+    # Two nodes' local rank 0 download into the same data_dir at the same time (both inside _download at once).
+    import threading
+
+    both_downloading = threading.Barrier(2, timeout=600)
+    seen_partial = []
+
+    def slow_download(self, folder: Path) -> None:
+        raw = folder / "MNIST" / "raw"
+        raw.mkdir(parents=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")  # half-way, as a download is
+        both_downloading.wait()
+        # What the other process can see of the shared folder meanwhile: no dataset folder yet.
+        seen_partial.append((tmp_path / "data" / "MNIST").exists())
+        write_fake_mnist(raw, seed=len(seen_partial))
+
+    monkeypatch.setattr(MNISTDataModule, "_download", slow_download)
+    modules = [MNISTDataModule(data_dir=str(tmp_path / "data")) for _ in range(2)]
+    threads = [threading.Thread(target=m.prepare_data) for m in modules]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen_partial == [False, False]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["MNIST"]  # no private folders left
+    for m in modules:
+        m.setup()
+        assert len(m.train_set) + len(m.val_set) == 240  # whole files, from one of the two downloads

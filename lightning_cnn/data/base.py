@@ -7,7 +7,9 @@ Where data comes from, in order:
 
 1. ``data_dir``, when it holds the files;
 2. a system copy (``system_dirs``; e.g. Debian's ``dataset-fashion-mnist`` package);
-3. a download into ``data_dir`` (default ``./data``) in ``prepare_data`` — once per node, on local rank 0.
+3. a download into ``data_dir`` (default ``./data``) in ``prepare_data`` — once per node, on local rank 0
+   (Lightning's ``prepare_data_per_node``, kept on purpose: right when each node has its own ``data_dir``, and
+   safe when nodes share one, since each download goes to a private folder renamed into place when complete).
 
 Images stay uint8 in memory; each batch is cut out of the array in one indexing operation and turned into
 floats there (``__getitems__``), which keeps the loader far faster than the model on small images.
@@ -16,6 +18,8 @@ floats there (``__getitems__``), which keeps the loader far faster than the mode
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -364,12 +368,24 @@ class ImageDataModule(pl.LightningDataModule):
         if not self.download:
             raise self._not_found("data.download is false")
         target = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser()
-        existing = _paths_under(target)
+        created = [p for p in (target, *target.parents) if not p.exists()]
+        target.mkdir(parents=True, exist_ok=True)
+        # Into a private folder beside the data, then renamed into place (atomic on one filesystem): processes on
+        # several nodes downloading into one shared data_dir never read or overwrite each other's partial files,
+        # and a failed download leaves nothing behind.
+        private = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
         try:
-            self._download(target)
+            self._download(private)
+            for entry in private.iterdir():
+                if not (target / entry.name).exists():  # else another process finished first: keep its copy
+                    os.rename(entry, target / entry.name)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
-            _remove_new_paths(target, existing)  # no empty folders or partial files left behind
+            shutil.rmtree(private, ignore_errors=True)
+            for folder in created:  # the data_dir folders this download created, if still empty
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise self._not_found(f"downloading it failed ({type(err).__name__}: {err})") from err
+        shutil.rmtree(private, ignore_errors=True)
 
     # --- building the splits -----------------------------------------------------------------------------------
 
@@ -496,20 +512,6 @@ class ImageDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
-
-
-def _paths_under(folder: Path) -> set[Path]:
-    return {folder, *folder.rglob("*")} if folder.exists() else set()
-
-
-def _remove_new_paths(folder: Path, existing: set[Path]) -> None:
-    """Delete what a failed download created under ``folder``: files and folders that were not there before."""
-    for path in sorted(_paths_under(folder) - existing, key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            if not any(path.iterdir()):
-                path.rmdir()
-        else:
-            path.unlink(missing_ok=True)
 
 
 def _world(datamodule: pl.LightningDataModule) -> tuple[int, int]:
