@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "normalize_uint8", "read_image", "resize_uint8"]
+__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "normalize_uint8", "read_image", "resize_normalized", "resize_uint8"]
 
 #: File suffixes read as images (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -37,10 +37,30 @@ def resize_uint8(images: Tensor, size: tuple[int, int]) -> Tensor:
         return images
     out = torch.empty((images.shape[0], images.shape[1], *size), dtype=torch.uint8)
     for start in range(0, len(images), _RESIZE_CHUNK):
-        block = images[start : start + _RESIZE_CHUNK].float()
-        resized = F.interpolate(block, size=size, mode="bilinear", antialias=True, align_corners=False)
-        out[start : start + _RESIZE_CHUNK] = resized.round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + _RESIZE_CHUNK] = _resize_pixels(images[start : start + _RESIZE_CHUNK].float(), size)
     return out
+
+
+def resize_normalized(
+    x: Tensor, size: tuple[int, int], mean: Optional[Tensor] = None, std: Optional[Tensor] = None
+) -> Tensor:
+    """:func:`resize_uint8` for a batch :func:`normalize_uint8` already prepared, on its device: back to pixel
+    values, the same resize and rounding, normalized again. Equal to resizing the uint8 images first (up to float
+    rounding), so a datamodule can keep images at their stored size and resize each batch on the GPU."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mean is not None:
+        mean, std = mean.to(x.device, x.dtype), std.to(x.device, x.dtype)
+        x = x * std + mean
+    pixels = _resize_pixels((x * 255.0).round_(), size)
+    out = pixels.div_(255.0)
+    return ((out - mean) / std).contiguous() if mean is not None else out
+
+
+def _resize_pixels(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Float pixel values 0-255 → the size, antialiased bilinear, rounded and clamped to whole values."""
+    resized = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return resized.round_().clamp_(0, 255)
 
 
 def normalize_uint8(

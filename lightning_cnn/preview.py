@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_cnn.paths import free_path
+from lightning_cnn.preprocessing import resize_uint8
 
 __all__ = ["free_path", "main", "preview_grid"]
 
@@ -56,13 +57,16 @@ def preview_grid(datamodule, samples: int = 8, variants: int = 5) -> tuple[Tenso
             "(see configs/augment_lenet_fashion_mnist.yaml)."
         )
     index = _pick(dataset.labels, min(samples, len(dataset)))
-    original = dataset.to_float(dataset.images[index])
+    original = dataset.to_float(resize_uint8(dataset.images[index], dataset.size))
     augmented = []
-    for _ in range(variants):
+    for variant in range(variants):
         if batch_augment is not None:
             augmented.append(batch_augment(original))
         else:
+            dataset.set_epoch(variant)  # per-sample draws are keyed by epoch and samples: one "epoch" per variant
             augmented.append(dataset.__getitems__(index)[0])
+    if batch_augment is None:
+        dataset.set_epoch(0)
     names = datamodule.label_names
     titles = [names[int(y)] if int(y) < len(names) else str(int(y)) for y in dataset.labels[index]]
     mean, std = dataset.mean, dataset.std

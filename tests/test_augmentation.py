@@ -261,7 +261,9 @@ def _first_train_batch(data_dir: Path, mode: str, seed: int, **data_kwargs) -> t
     )
     dm.setup("fit")
     torch.manual_seed(0)  # the shuffling order
-    x, _ = next(iter(dm.train_dataloader()))
+    # The datamodule's device step, outside a Trainer: it enlarges the batch to image_size (augmenting there
+    # needs a training Trainer, so the batched augmentation is applied here).
+    x, _ = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     return dm.batch_augment(x) if dm.batch_augment is not None else x
 
 
@@ -435,3 +437,16 @@ def test_python_api_fit_with_default_summary_and_a_weights_only_checkpoint(tmp_p
     trainer.fit(ImageClassifier(LeNet()), datamodule=dm)
     checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
     assert "augmentation" not in checkpoint["datamodule_hyper_parameters"]
+
+
+@pytest.mark.parametrize("mode", ["per_sample", "batched"])
+def test_preview_variants_differ_and_match_the_model_input_size(mnist_dir, mode):
+    from lightning_cnn.preview import preview_grid
+
+    dm = FashionMNISTDataModule(
+        data_dir=str(mnist_dir), image_size=40, augmentation=KerasAugmentation(**SLIDES, mode=mode, seed=0)
+    )
+    dm.setup("fit")
+    original, augmented, _ = preview_grid(dm, samples=4, variants=3)
+    assert original.shape == (4, 40, 40, 1) and augmented.shape == (3, 4, 40, 40, 1)
+    assert not torch.equal(augmented[0], augmented[1]) and not torch.equal(augmented[1], augmented[2])

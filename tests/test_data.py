@@ -112,6 +112,8 @@ def test_classes_subset_resize_rgb_and_train_size(mnist_dir):
     assert dm.num_classes == 2 and dm.dims == (3, 64, 64) and dm.label_names == ["7", "3"]
     assert len(dm.train_set) == 10
     x, y = dm.test_set.__getitems__(list(range(len(dm.test_set))))
+    assert x.shape[1:] == (3, 28, 28), "enlarged per batch on the device, not in memory"
+    x, y = dm.on_after_batch_transfer((x, y), 0)
     assert x.shape[1:] == (3, 64, 64) and set(y.tolist()) <= {0, 1}
     assert torch.equal(x[:, 0], x[:, 2])
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
@@ -224,3 +226,21 @@ def test_concurrent_downloads_into_one_shared_folder_are_safe(tmp_path, monkeypa
     for m in modules:
         m.setup()
         assert len(m.train_set) + len(m.val_set) == 240  # whole files, from one of the two downloads
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["on the device", "before per-sample augmentation"])
+def test_enlarged_batches_equal_images_resized_in_memory(mnist_dir, augment):
+    from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
+
+    dm = _ready(MNISTDataModule(data_dir=str(mnist_dir), image_size=(40, 36), val_split=0))
+    assert dm.train_set.images.shape[-2:] == (28, 28)  # memory: the stored size
+    if augment:  # an identity pipeline: the per-sample path resizes in the loader, before augmenting
+        from lightning_cnn.augmentation import AlbumentationsAugmentation
+
+        dm.train_set.transform = AlbumentationsAugmentation([]).per_sample_transform(seed=0)
+    indices = list(range(16))
+    x, y = dm.on_after_batch_transfer(dm.train_set.__getitems__(indices), 0)
+    expected = normalize_uint8(
+        resize_uint8(dm.train_set.images[indices], (40, 36)), dm.train_set.mean, dm.train_set.std
+    )
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_cnn.augmentation import Augmentation, draw_seed, seed_worker
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
-from lightning_cnn.preprocessing import Preprocessing, normalize_uint8, resize_uint8
+from lightning_cnn.preprocessing import Preprocessing, normalize_uint8, resize_normalized, resize_uint8
 
 __all__ = [
     "CorruptDataError",
@@ -106,6 +106,10 @@ class InMemoryImageDataset(Dataset):
             offers ``set_random_seed`` (Albumentations pipelines do) is reseeded for every batch from its ``seed``,
             the epoch and the batch's indices (:func:`~lightning_cnn.augmentation.draw_seed`), so a batch is
             augmented alike by any worker, with any number of workers, and after a resume.
+        size: The images' size for the network, ``(H, W)``, when they are stored smaller. With a ``transform``
+            each batch is resized here (before augmenting, on the model-size image); without one, batches come
+            out at the stored size and the datamodule resizes them on the training device
+            (:func:`~lightning_cnn.preprocessing.resize_normalized`), so memory holds the stored size only.
     """
 
     def __init__(
@@ -116,8 +120,10 @@ class InMemoryImageDataset(Dataset):
         std: Optional[Sequence[float]] = None,
         to_rgb: bool = False,
         transform: Optional[Callable[..., dict[str, Any]]] = None,
+        size: Optional[tuple[int, int]] = None,
     ) -> None:
         self.images = images
+        self.size = tuple(size) if size is not None else tuple(images.shape[-2:])
         self.labels = labels
         self.to_rgb = to_rgb
         self.transform = transform
@@ -155,7 +161,7 @@ class InMemoryImageDataset(Dataset):
         index = torch.as_tensor(indices)
         images = self.images[index]
         if self.transform is not None:
-            images = self._augment(images, indices)
+            images = self._augment(resize_uint8(images, self.size), indices)
         return self.to_float(images), self.labels[index]
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
@@ -418,7 +424,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_set = make(test_images, test_labels)
 
     def _prepare(self, split: ImageArrays) -> tuple[Tensor, Tensor]:
-        """Class subset and relabelling, then resize; returns uint8 ``(N, C, H, W)`` and int64 labels."""
+        """Class subset and relabelling, then a resize when it shrinks the images; returns uint8 ``(N, C, H, W)``
+        and int64 labels."""
         images, labels = split.images, split.labels
         if self.classes:
             keep = np.isin(labels, self.classes)
@@ -427,11 +434,14 @@ class ImageDataModule(pl.LightningDataModule):
             remap[self.classes] = np.arange(len(self.classes))
             labels = remap[labels]
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        height, width = x.shape[-2:]
+        if self.image_size[0] * self.image_size[1] > height * width:
+            return x, torch.from_numpy(labels)  # enlarged per batch, on the device: memory stays the stored size
         return resize_uint8(x, self.image_size), torch.from_numpy(labels)
 
     def _dataset(self, images: Tensor, labels: Tensor, transform: Optional[Callable] = None) -> InMemoryImageDataset:
         mean, std = (self.mean, self.std) if self.normalize else (None, None)
-        return InMemoryImageDataset(images, labels, mean, std, self.to_rgb, transform)
+        return InMemoryImageDataset(images, labels, mean, std, self.to_rgb, transform, size=self.image_size)
 
     def _build_augmentation(self, train_set: InMemoryImageDataset) -> None:
         seed = self.augmentation.resolve_seed(self.trainer.global_rank if self.trainer is not None else 0)
@@ -439,12 +449,17 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_augment = self.augmentation.batch_transform(seed, train_set.mean, train_set.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Training batches only: validation, test, prediction and the sanity check see the data as it is, and
-        # so does anything else Lightning moves to the device while training (e.g. the model summary's
-        # example input, a bare tensor).
-        is_training_batch = isinstance(batch, (tuple, list)) and len(batch) == 2
-        if self.batch_augment is not None and is_training_batch and self.trainer is not None and self.trainer.training:
-            images, labels = batch
+        # Image batches are (images, labels); anything else Lightning moves to the device (e.g. the model
+        # summary's example input, a bare tensor) passes as it is.
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            return batch
+        images, labels = batch
+        if tuple(images.shape[-2:]) != tuple(self.image_size):  # stored smaller: enlarged here, on the device
+            dataset = next(d for d in (self.train_set, self.val_set, self.test_set) if d is not None)
+            images = resize_normalized(images, self.image_size, dataset.mean, dataset.std)
+            batch = (images, labels)
+        # Augmentation: training batches only (not validation, test, prediction or the sanity check).
+        if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
             loader = self._train_loader
             if isinstance(loader, ResumableDataLoader) and hasattr(self.batch_augment, "reseed"):
                 # Draws keyed by the batch, not a stream through the epoch: the same after a resume.
