@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import re
 import shutil
 import sys
 import tempfile
@@ -106,6 +107,8 @@ class _ConciseParser(LightningArgumentParser):
         # internal TypeError); say what `net:` takes instead.
         if ("linked_targets" in message and 'Parser key "net"' in message) or _NET_CONTRACT in message:
             message = _NET_CONTRACT
+        elif self.exit_on_error:  # the report printed to the user (nested parsers raise theirs to it)
+            message = _condensed_union_report(message)
         super().error(message, ex)
 
 
@@ -628,6 +631,36 @@ def _same_weights(a: str, b: str) -> bool:
         return get_weight(a) == get_weight(b)
     except (ValueError, KeyError, AttributeError):
         return False
+
+
+# Structure lines of jsonargparse's report on a nested class value that failed ("Does not validate against any of
+# the Union subtypes"), around the one line that says what is wrong.
+_REPORT_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Expected a <class 'NoneType'>", "Given value")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)":')
+_CLASS_PATH = re.compile(r"Problem with given class_path '([^']+)'")
+
+
+def _condensed_union_report(message: str) -> str:
+    """jsonargparse's multi-line report on a bad nested value as one line: the key (``model.init_args.net``), the
+    class and the innermost reason (``Option 'filterz' is not accepted``). Other messages are returned as they are."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return message
+    keys, owner, reason, depth = [], None, None, -1
+    for line in message.splitlines():
+        text = line.strip()
+        key, cls = _PARSER_KEY.search(text), _CLASS_PATH.search(text)
+        if key:
+            keys.append(key.group(1))
+        elif cls:
+            owner = cls.group(1)
+        elif text and not text.startswith(_REPORT_NOISE):
+            indent = len(line) - len(line.lstrip())
+            if indent > depth:  # the deepest reason is the one about the innermost value
+                reason, depth = text.lstrip("- "), indent
+    if not keys or reason is None:
+        return message
+    where = ".init_args.".join(keys) + (f" ({owner})" if owner else "")
+    return f"{where}: {reason}; see the accepted options with --help."
 
 
 class ConfigError(ValueError):

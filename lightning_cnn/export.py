@@ -211,7 +211,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         "class probabilities out, normalization included; class names and input size in the file's metadata.",
     )
     parser.add_argument("--ckpt_path", required=True, help="checkpoint written by cli.py fit")
-    parser.add_argument("--format", choices=sorted(FORMATS), default="onnx")
+    # No argparse `choices`: an unknown format gets export()'s one-line error like every other bad value.
+    parser.add_argument("--format", default="onnx", help=f"one of {', '.join(sorted(FORMATS))} (default: onnx)")
     parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint, never overwriting)")
     args = parser.parse_args(argv)
     export(args.ckpt_path, args.format, args.out)

@@ -102,16 +102,6 @@ def test_the_networks_weights_decide_the_normalization(in_tmp, cached_weights):
     assert saved["mean"] == pytest.approx([0.485, 0.456, 0.406])
 
 
-def test_normalization_that_contradicts_the_weights_is_refused(in_tmp, cached_weights, capsys):
-    cached_weights("resnet18")
-    line = cli_error_line(capsys, ["fit", "--config", str(VGG16_CONFIG), *SMOKE, *_cifar(in_tmp),
-                                "--model.init_args.net.init_args.arch", "resnet18",
-                                "--data.init_args.normalize_from_weights", "VGG16_Weights.IMAGENET1K_V1"])  # fmt: skip
-    assert line.startswith("error: data.normalize_from_weights='VGG16_Weights.IMAGENET1K_V1' disagrees with")
-    assert "ResNet18_Weights.IMAGENET1K_V1" in line
-    assert not (in_tmp / "runs").exists()  # refused before anything was written
-
-
 @pytest.mark.parametrize(
     "make,message",
     [
@@ -121,19 +111,11 @@ def test_normalization_that_contradicts_the_weights_is_refused(in_tmp, cached_we
         (lambda d: torch.save({"state_dict": {}, "x": Path("a")}, d / "obj.ckpt") or d / "obj.ckpt", "Python objects"),
     ],
 )
-@pytest.mark.parametrize("subcommand", ["test", "predict"])
-def test_unusable_checkpoint_files_end_with_one_line(in_tmp, capsys, subcommand, make, message):
+def test_unusable_checkpoint_files_end_with_one_line_in_predict_too(in_tmp, capsys, make, message):
+    # test_cli_errors.py runs these under `test`, each in its own process.
     path = make(in_tmp)
-    line = cli_error_line(capsys, [subcommand, "--config", str(CONFIGS / "lenet_mnist.yaml"), "--ckpt_path", str(path)])
+    line = cli_error_line(capsys, ["predict", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--ckpt_path", str(path)])
     assert line.startswith("error: ") and str(path) in line and message in line
-
-
-def test_checkpoint_with_another_class_count_names_both_shapes(lenet_ckpt, in_tmp, capsys):
-    # The checkpoint has 10 classes; the data config asks for a binary task.
-    line = cli_error_line(capsys, ["test", "--config", str(CONFIGS / "lenet_mnist.yaml"), *_mnist(in_tmp),
-                                "--data.init_args.classes", "[3, 5]", "--ckpt_path", str(lenet_ckpt)])  # fmt: skip
-    assert line.startswith(f"error: --ckpt_path {lenet_ckpt} does not fit the model: net.head.output")
-    assert "(10, 300) in the checkpoint but (1, 300) in the model built from the config" in line
 
 
 def test_a_config_describing_another_model_is_named_and_config_yaml_records_what_ran(lenet_ckpt, in_tmp, capsys):

@@ -390,7 +390,8 @@ class ImageDataModule(pl.LightningDataModule):
             for folder in created:  # the data_dir folders this download created, if still empty
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
-            raise self._not_found(f"downloading it failed ({type(err).__name__}: {err})") from err
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else "no message"  # torchvision's span lines
+            raise self._not_found(f"downloading it failed ({type(err).__name__}: {reason})") from err
         shutil.rmtree(private, ignore_errors=True)
 
     # --- building the splits -----------------------------------------------------------------------------------
