@@ -257,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         sync = all(r["sync_batchnorm"] for r in frozen)
         layers = frozen[0]["batchnorm_layers"]
         ok = change == 0.0 and layers > 0
-        print(f"\nFrozen BatchNorm statistics under DDP ({frozen[0]['world_size']} processes, sync_batchnorm "
+        print(f"\nFrozen BatchNorm statistics under DDP ({frozen[0]['world_size']} process(es), sync_batchnorm "
               f"{'on' if sync else 'off'}) + FreezeBackbone: {layers} layers, largest change {change:g} — "
               f"{'unchanged' if ok else 'CHANGED'}")  # fmt: skip
         if not ok:

@@ -24,5 +24,5 @@ def test_gpu_check_dry_mode_runs_and_finds_frozen_batchnorm_unchanged():
     assert "DRY MODE on CPU" in result.stdout
     assert "| BN CNN, fp32 | 1 | 32-true |" in result.stdout and "| VGG16 32 px, fp32 | 1 |" in result.stdout
     assert (
-        "(2 processes, sync_batchnorm off) + FreezeBackbone: 20 layers, largest change 0 — unchanged" in result.stdout
+        "(2 process(es), sync_batchnorm off) + FreezeBackbone: 20 layers, largest change 0 — unchanged" in result.stdout
     )
