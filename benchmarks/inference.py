@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 from torch import Tensor, nn
 
 from lightning_cnn.data.mnist import read_idx, write_idx
@@ -130,16 +130,6 @@ def _images_per_second(run: Runner, batch: int, seconds: float) -> float:
             return calls * batch / elapsed
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to export (default: a smoke fit of LeNet)")
@@ -173,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     # thread, and a thread that shares its core with another process can make a small batch tens of times slower.
     load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     print(
-        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}; {runtime_line}; {load}"
     )
     print(

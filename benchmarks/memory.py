@@ -47,6 +47,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
 from torch import Tensor
 
 from lightning_cnn.data import CIFAR10DataModule, FashionMNISTDataModule
@@ -238,16 +239,6 @@ def _run_job(job: dict[str, Any]) -> None:
     print(_RESULT_PREFIX + json.dumps(result), flush=True)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _mb(value: Optional[float]) -> str:
     return "n/a" if value is None else f"{value / _MB:,.0f}"
 
@@ -301,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     )
     print(f"Python {platform.python_version()} on {platform.platform()}")
     print(
-        f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, torch threads "
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, torch threads "
         f"{torch.get_num_threads()}; 1-min load average {load_before:.2f} before, {load_after:.2f} after"
     )
     header = (
