@@ -1,10 +1,13 @@
-"""Resume and checkpoints, in one process: a run stopped by an exception at a given step (as a kill would stop it:
-no checkpoint is written on the way out) and resumed with ``--ckpt_path last`` ends with exactly the weights of
+"""Resume and checkpoints: a run stopped at a given step — by SIGKILL in a process of its own, or by an exception
+(as a kill stops it: no checkpoint is written on the way out) — and resumed with ``--ckpt_path last`` ends with exactly the weights of
 the uninterrupted run; ``last.ckpt`` is always the newest state; "best" means one thing for the checkpoint and for
 EarlyStopping. The same through a real SIGKILL and several processes: ``test_fault_tolerance.py``."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +34,17 @@ class KillAtStep(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise Killed(f"killed at step {self.step}")
+
+
+class SigkillAtStep(pl.Callback):
+    """SIGKILL this process when training reaches ``step``: nothing runs on the way out, as with the OOM killer."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class ScriptedMetric(pl.Callback):
@@ -80,9 +94,27 @@ def last_checkpoint(folder: Path, version: int = 0) -> dict:
     return torch.load(folder / "runs" / f"version_{version}" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def kill_and_resume(tmp_path, monkeypatch, data_dir, kill_at: int, *args: str, **kwargs) -> CNNCLI:
-    with pytest.raises(Killed):
-        fit(tmp_path, monkeypatch, data_dir, *args, callbacks=[_callback(KillAtStep, step=kill_at)], **kwargs)
+def _fit_in_child(folder: Path, data_dir: Path, args: list[str], **kwargs) -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        fit(folder, monkeypatch, data_dir, *args, **kwargs)
+
+
+def kill_and_resume(tmp_path, monkeypatch, data_dir, kill_at: int, *args: str, sigkill: bool = False,
+                    **kwargs) -> CNNCLI:  # fmt: skip
+    """Stop a run at step ``kill_at`` — by an exception, or (``sigkill``) by SIGKILL in a process of its own, loader
+    workers included — then resume it here with ``--ckpt_path last``."""
+    if sigkill:
+        killer = [_callback(SigkillAtStep, step=kill_at)]
+        # A fresh interpreter (spawn): forking this process, which has run torch and loader workers, can hang.
+        child = multiprocessing.get_context("spawn").Process(
+            target=_fit_in_child, args=(tmp_path, data_dir, list(args)), kwargs=dict(callbacks=killer, **kwargs)
+        )
+        child.start()
+        child.join()
+        assert child.exitcode == -signal.SIGKILL
+    else:
+        with pytest.raises(Killed):
+            fit(tmp_path, monkeypatch, data_dir, *args, callbacks=[_callback(KillAtStep, step=kill_at)], **kwargs)
     return fit(tmp_path, monkeypatch, data_dir, *args, "--ckpt_path", "last", **kwargs)
 
 
@@ -108,7 +140,8 @@ def test_resume_mid_epoch_with_augmentation_is_exact(tmp_path, monkeypatch, data
     options = dict(augmentation=augmentation, max_epochs=2, workers=2 if mode == "per_sample" else 0)
     args = ["--resume_checkpoint.every_n_train_steps", "3"]
     reference = fit(tmp_path / "full", monkeypatch, data_dir, *args, **options)
-    resumed = kill_and_resume(tmp_path / "killed", monkeypatch, data_dir, 14, *args, **options)  # epoch 1, batch 4
+    # SIGKILLed at epoch 1, batch 4 (two steps after the step-12 checkpoint).
+    resumed = kill_and_resume(tmp_path / "killed", monkeypatch, data_dir, 14, *args, sigkill=True, **options)
     assert resumed.trainer.global_step == reference.trainer.global_step == 2 * STEPS_PER_EPOCH
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
 
