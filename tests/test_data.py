@@ -103,7 +103,8 @@ def test_setup_twice_keeps_the_same_split(mnist_dir):
     assert dm.train_set is first
 
 
-def test_classes_subset_resize_rgb_and_train_size(mnist_dir):
+def test_classes_subset_resize_rgb_and_train_size(mnist_dir, monkeypatch):
+    monkeypatch.setattr(MNISTDataModule, "enlarge_in_memory_up_to", 0)  # as for a dataset too large to enlarge
     dm = _ready(
         MNISTDataModule(
             data_dir=str(mnist_dir), classes=[7, 3], image_size=64, to_rgb=True, train_size=10, val_split=0.1
@@ -229,9 +230,12 @@ def test_concurrent_downloads_into_one_shared_folder_are_safe(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("augment", [False, True], ids=["on the device", "before per-sample augmentation"])
-def test_enlarged_batches_equal_images_resized_in_memory(mnist_dir, augment):
+def test_enlarged_batches_equal_images_resized_in_memory(mnist_dir, augment, monkeypatch):
     from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
 
+    small = _ready(MNISTDataModule(data_dir=str(mnist_dir), image_size=(40, 36), val_split=0))
+    assert small.train_set.images.shape[-2:] == (40, 36)  # small enough: enlarged once, in memory
+    monkeypatch.setattr(MNISTDataModule, "enlarge_in_memory_up_to", 0)  # as for a dataset too large to enlarge
     dm = _ready(MNISTDataModule(data_dir=str(mnist_dir), image_size=(40, 36), val_split=0))
     assert dm.train_set.images.shape[-2:] == (28, 28)  # memory: the stored size
     if augment:  # an identity pipeline: the per-sample path resizes in the loader, before augmenting

@@ -213,6 +213,9 @@ class ImageDataModule(pl.LightningDataModule):
         DataNotFoundError: In ``prepare_data``/``setup`` when the files are missing and cannot be downloaded.
     """
 
+    #: Bytes up to which a split enlarged by ``image_size`` is held enlarged in memory (resized once, fastest on a
+    #: CPU); a larger one stays at its stored size and each batch is enlarged on the training device.
+    enlarge_in_memory_up_to: ClassVar[int] = 2**30
     #: Short dataset name used in messages and the download folder.
     name: ClassVar[str] = "images"
     channels: ClassVar[int] = 1
@@ -436,7 +439,8 @@ class ImageDataModule(pl.LightningDataModule):
             labels = remap[labels]
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         height, width = x.shape[-2:]
-        if self.image_size[0] * self.image_size[1] > height * width:
+        enlarged_bytes = x.shape[0] * x.shape[1] * self.image_size[0] * self.image_size[1]
+        if self.image_size[0] * self.image_size[1] > height * width and enlarged_bytes > self.enlarge_in_memory_up_to:
             return x, torch.from_numpy(labels)  # enlarged per batch, on the device: memory stays the stored size
         return resize_uint8(x, self.image_size), torch.from_numpy(labels)
 
