@@ -26,6 +26,7 @@ from typing import Any, NoReturn, Optional, TextIO
 import torch
 import yaml
 from jsonargparse import Namespace
+from jsonargparse.typing import PositiveInt
 from pytorch_lightning import Callback, LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities import rank_zero_warn
@@ -248,11 +249,20 @@ class CNNCLI(LightningCLI):
             default=False,
             help="After fit, test the best checkpoint (or the final weights if none was saved) on the test split.",
         )
+        parser.add_argument(
+            "--cpu_threads",
+            type=Optional[PositiveInt],
+            default=None,
+            help="Threads torch uses for one operation on the CPU (torch.set_num_threads); default: torch's, one per "
+            "core.",
+        )
         for target, compute in _LINKS.items():
             parser.link_arguments("data", target, compute_fn=compute, apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        if config.get("cpu_threads"):
+            torch.set_num_threads(config["cpu_threads"])
         if config.get("inputs"):  # new images: prepared with the checkpoint's preprocessing, not the config's data
             files = _files_data(config["inputs"], self._checkpoint(config["ckpt_path"]))
             config["data"] = Namespace(class_path=files["class_path"], init_args=Namespace(**files["init_args"]))

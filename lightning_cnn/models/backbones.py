@@ -31,7 +31,7 @@ from typing import Any, Literal, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.models.layers import Dense, input_too_small
+from lightning_cnn.models.layers import Dense, Dropout, input_too_small
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -339,7 +339,7 @@ class TorchvisionNet(nn.Module):
         for i, units in enumerate(dense_units, start=1):
             head[f"dense{i}"] = Dense(width, units, activation)
             if dropout:
-                head[f"dense_drop{i}"] = nn.Dropout(dropout)
+                head[f"dense_drop{i}"] = Dropout(dropout)
             width = units
         head["output"] = Dense(width, self.num_outputs, "linear")
         self.head = nn.Sequential(head)

@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.models.layers import Conv2D, Dense, Padding, input_too_small, keras_init_
+from lightning_cnn.models.layers import Conv2D, Dense, Dropout, Padding, input_too_small, keras_init_
 from lightning_cnn.models.layers import batch_norm as make_batch_norm  # `batch_norm` is also an argument name
 from lightning_cnn.regularization import LayerRegularizers, resolve_layer_regularizers
 
@@ -130,7 +130,7 @@ class ConvNet(nn.Module):
             if batch_norm:
                 backbone[f"bn{i}"] = make_batch_norm(width, keras_batchnorm)
             if rate:
-                backbone[f"drop{i}"] = nn.Dropout(rate)
+                backbone[f"drop{i}"] = Dropout(rate)
             if pool_size:
                 backbone[f"pool{i}"] = nn.MaxPool2d(pool_size)
             channels = width
@@ -141,7 +141,7 @@ class ConvNet(nn.Module):
         for i, (units, rate) in enumerate(zip(dense_units, dense_rates), start=1):
             head[f"dense{i}"] = Dense(flat, units, activation, regs[f"dense{i}"])
             if rate:
-                head[f"dense_drop{i}"] = nn.Dropout(rate)
+                head[f"dense_drop{i}"] = Dropout(rate)
             flat = units
         head["output"] = Dense(flat, self.num_outputs, "linear", regs["output"])
         self.head = nn.Sequential(head)
