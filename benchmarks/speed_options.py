@@ -68,6 +68,8 @@ VARIANTS = {
 }
 
 
+TRAIN_IMAGES = 48_000  # the first 48,000 training images train (Keras' validation_split=0.2 leaves them)
+
 # The variants whose 1-epoch accuracy --accuracy measures: torch's defaults, and what the package does by default.
 ACCURACY_VARIANTS = ("torch defaults", "+ channels_last (default)")
 
@@ -133,15 +135,15 @@ def time_variant(model: str, variant: Variant, batches: list, warmup: int, steps
 
 
 def accuracy(model: str, variant: Variant, data: dict[str, Tensor], seed: int, batch_size: int) -> float:
-    """Test accuracy after one epoch on the first 48,000 training images."""
+    """Test accuracy after one epoch on the first ``TRAIN_IMAGES`` training images."""
     default_threads = torch.get_num_threads()
     if variant.threads:
         torch.set_num_threads(variant.threads)
     try:
         net, opt = build(model, variant, seed)
-        order = torch.randperm(48_000, generator=torch.Generator().manual_seed(seed))
+        order = torch.randperm(TRAIN_IMAGES, generator=torch.Generator().manual_seed(seed))
         net.train()
-        for start in range(0, 48_000, batch_size):
+        for start in range(0, TRAIN_IMAGES, batch_size):
             idx = order[start : start + batch_size]
             train_step(net, opt, data["x_train"][idx], data["y_train"][idx], variant)
         net.eval()
@@ -187,6 +189,7 @@ def main() -> None:
                         help="also 1-epoch test accuracy of the first variant (torch defaults) and of the package's "
                              "defaults, the options a user gets without asking")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=2, help="seeds per variant for --accuracy")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: the datamodule's)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -195,7 +198,8 @@ def main() -> None:
 
     data = load(args.data_dir)
     generator = torch.Generator().manual_seed(0)
-    picks = torch.randperm(48_000, generator=generator)[: 16 * args.batch_size].reshape(16, args.batch_size)
+    train_images = min(TRAIN_IMAGES, len(data["y_train"]))
+    picks = torch.randperm(train_images, generator=generator)[: 16 * args.batch_size].reshape(16, args.batch_size)
     batches = [(data["x_train"][i], data["y_train"][i]) for i in picks]
 
     print(
@@ -216,7 +220,8 @@ def main() -> None:
         if args.accuracy:
             for variant in (v for v in variants if v.name in ACCURACY_VARIANTS):
                 accs[variant.name] = [
-                    accuracy(model, variant, data, seed, args.batch_size) for seed in range(args.seeds)
+                    accuracy(model, variant, data, seed, args.batch_size)
+                    for seed in range(args.first_seed, args.first_seed + args.seeds)
                 ]
         print(f"\n{model}")
         header = "| variant | ms/step | speed-up vs torch defaults (same round) | first step s |"
