@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from machine import cli_env, quiet_fit_args, timing_fit_args  # benchmarks/machine.py (on sys.path)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,20 +149,11 @@ def run(name: str, config: str, pieces: list[str], extra: list[str], args: argpa
         command += ["--trainer", str(CONFIGS / "trainer" / piece)]
     command += [
         "--config", str(_override(folder, probe, freeze)),
-        "--trainer.max_steps", str(args.warmup + args.steps + 1),
-        "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0",
-        "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(folder),
-        "--checkpoint.save_top_k", "0",
-        "--checkpoint.save_last", "false",
-        "--plots.learning_curves", "false",
-        "--test_after_fit", "false",
+        *timing_fit_args(args.warmup, args.steps),
+        *quiet_fit_args(folder),
         *extra,
     ]  # fmt: skip
-    path = [str(REPO / "benchmarks"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), PYTHONWARNINGS="ignore")
+    env = cli_env()
     started = time.perf_counter()
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started

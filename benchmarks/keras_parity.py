@@ -13,11 +13,12 @@ interpreters and imports neither torch nor ``lightning_cnn`` on the Keras side. 
 
 Both sides get the same data (real Fashion-MNIST, Debian's ``dataset-fashion-mnist`` folder unless ``--data-dir``,
 standardized with the datamodule's mean/std), the same batch size and the same number of steps (``--steps`` in fp32,
-``--bf16-steps`` in bf16), on the CPU (Keras runs on tensorflow-cpu, so ours is kept on the CPU too). Each run is a fresh process; in each round the runs
-alternate Keras fp32, ours fp32, Keras bf16, ours bf16 for one model, then the other model. The first ``--warmup``
-steps (graph tracing, allocator, loader start) are not timed; a callback on each side times the next ``--steps``
-(Keras ``on_train_batch_begin``/``end``; ours ``gpu_check.Probe``). bf16 is Keras' ``mixed_bfloat16`` policy vs
-``--trainer configs/trainer/bf16.yaml`` (``bf16-mixed``). Our fit runs without logger, checkpoints, validation,
+``--bf16-steps`` in bf16), on the CPU (Keras runs on tensorflow-cpu, so ours is kept on the CPU too). Each run is
+a fresh process; in each round the runs alternate Keras fp32, ours fp32, Keras bf16, ours bf16 for one model,
+then the other model. The first ``--warmup`` steps (graph tracing, allocator, loader start) are not timed; a
+callback on each side times the next ``--steps`` (Keras ``on_train_batch_begin``/``end``; ours
+``gpu_check.Probe``). bf16 is Keras' ``mixed_bfloat16`` policy vs ``--trainer configs/trainer/bf16.yaml``
+(``bf16-mixed``). Our fit runs without logger, checkpoints, validation,
 plots and progress bar, as Keras' ``fit(verbose=0)`` without validation does. The ratio Keras ÷ ours is taken per
 round (runs minutes apart) and then summarized; above 1 means ours is faster. The defaults take about 25 minutes
 on two CPU cores, most of it the BatchNorm CNN in bf16.
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+from machine import cli_env, cpu_name, quiet_fit_args, timing_fit_args  # benchmarks/machine.py (on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -257,13 +258,7 @@ def run_ours(job: dict[str, Any], folder: Path) -> dict[str, Any]:
     if job["kind"] == "time":
         probe = {"out_dir": str(folder), "warmup": job["warmup"], "steps": job["steps"]}
         override["callbacks"] = [{"class_path": "gpu_check.Probe", "init_args": probe}]
-        extra = [
-            "--trainer.max_steps", str(job["warmup"] + job["steps"] + 1),
-            "--trainer.limit_val_batches", "0",
-            "--trainer.num_sanity_val_steps", "0",
-            "--trainer.logger", "false",
-            "--test_after_fit", "false",
-        ]  # fmt: skip
+        extra = timing_fit_args(job["warmup"], job["steps"])
     else:
         csv_logger = {
             "class_path": "lightning_cnn.loggers.CSVLogger",
@@ -282,18 +277,13 @@ def run_ours(job: dict[str, Any], folder: Path) -> dict[str, Any]:
         "--config", str(folder / "override.yaml"),
         "--trainer.accelerator", "cpu",
         "--trainer.devices", "1",
-        "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(folder),
         "--data.init_args.data_dir", job["data_dir"],
         "--data.init_args.download", "false",
         "--data.init_args.batch_size", str(job["batch_size"]),
-        "--checkpoint.save_top_k", "0",
-        "--checkpoint.save_last", "false",
-        "--plots.learning_curves", "false",
+        *quiet_fit_args(folder),
         *extra,
     ]  # fmt: skip
-    path = [str(REPO / "benchmarks"), str(REPO), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, path)), PYTHONWARNINGS="ignore")
+    env = cli_env()
     start = time.perf_counter()
     done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start

@@ -19,9 +19,9 @@ Keras, and ``benchmarks/throughput.py`` what Lightning's loop adds. The options,
   for with ``--variants``.
 
 Each variant of a round is timed after ``--warmup`` untimed steps; the ratio to the first variant ("torch
-defaults") is taken per round, then summarized as median (min–max). ``--accuracy`` trains torch's defaults and the package's
-defaults for one epoch on the first 48,000 training images (batch 128, the configs' optimizers) and tests on the
-10,000 test images, for ``--seeds`` seeds.
+defaults") is taken per round, then summarized as median (min–max). ``--accuracy`` trains torch's defaults and the
+package's defaults for one epoch on the first 48,000 training images (batch 128, the configs' optimizers) and tests
+on the 10,000 test images, for ``--seeds`` seeds.
 """
 
 from __future__ import annotations

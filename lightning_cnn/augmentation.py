@@ -408,9 +408,10 @@ class BatchedKerasAugment:
         """Warp ``x`` with given parameters (deterministic; :meth:`__call__` draws them)."""
         n, _, height, width = x.shape
 
-        def column(value: Any) -> np.ndarray:  # one float64 per image; the matrices are made in numpy, which is
-            value = value.detach().cpu().numpy() if isinstance(value, Tensor) else value  # ~10x faster than many
-            return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))  # tiny torch ops for a batch
+        # The matrices are made in numpy: for one batch, ~10x faster than the same few dozen tiny torch ops.
+        def column(value: Any) -> np.ndarray:  # one float64 per image
+            value = value.detach().cpu().numpy() if isinstance(value, Tensor) else value
+            return np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
 
         params = KerasParams(
             *(column(v) for v in (params.angle, params.shift_x, params.shift_y, params.zoom_x, params.zoom_y)),

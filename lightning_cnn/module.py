@@ -72,10 +72,10 @@ class ImageClassifier(pl.LightningModule):
             so a checkpoint carries it and prediction on new images and export apply the same steps.
         memory_format: How the network's 4-D weights and input batches are laid out in memory: ``"channels_last"``
             (NHWC, as Keras) or ``"contiguous"`` (NCHW, torch's default). ``"auto"`` is channels_last on a CPU, where
-            it made training steps 1.1-1.4x faster (README, "Speed"), and contiguous on other devices. Results are
-            the same up to float rounding.
+            it made the slides' CNNs train about 1.2x faster (README, "Speed"), and contiguous on other devices.
+            Results are the same up to float rounding.
         compile: Compile the network with ``torch.compile`` (inductor) when the trainer sets up. The first steps then
-            take the compile time (20-40 s for the slides' CNNs on two CPU cores), and on a CPU the compiled steps
+            take the compile time (12-22 s for the slides' CNNs on two CPU cores), and on a CPU the compiled steps
             measured slower than eager ones (README, "Speed"), hence off by default; worth trying on a GPU.
     """
 

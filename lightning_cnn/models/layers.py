@@ -171,7 +171,8 @@ class Dense(_Regularized):
 
 
 # A CPU dropout mask costs one random draw per element in torch (``bernoulli_``): a quarter of the BatchNorm CNN's
-# training step on two cores (benchmarks/keras_parity.py). Dropout below draws 64 random bits per four elements.
+# training step on two cores (profiled; benchmarks/speed_options.py measures the gain). Dropout below draws 64
+# random bits per four elements.
 _LANE = 1 << 16  # each element gets 16 random bits
 
 
@@ -186,10 +187,11 @@ class _LaneDropout(torch.autograd.Function):
         torch.ge(lanes, drop_lanes - _LANE // 2, out=mask)  # 1 where kept: P = 1 - drop_lanes / 65536
         # Inverted dropout: kept elements are scaled so that the expected output equals the input. In float32 the
         # scale goes into the mask; a bfloat16/float16 mask could not hold it exactly, so there it is a second step.
-        ctx.scale = _LANE / (_LANE - drop_lanes)
+        scale: Optional[float] = _LANE / (_LANE - drop_lanes)
         if mask.dtype in (torch.float32, torch.float64):
-            mask.mul_(ctx.scale)
-            ctx.scale = None
+            mask.mul_(scale)
+            scale = None
+        ctx.scale = scale
         ctx.save_for_backward(mask)
         return _LaneDropout._apply(x, mask, ctx.scale)
 
