@@ -35,7 +35,9 @@ def test_parameter_counts_match_keras(arch):
 @pytest.mark.parametrize("in_channels,size,num_classes", [(1, 28, 10), (3, 32, 7), (1, 64, 2)])
 def test_forward_backward_over_registry(name, in_channels, size, num_classes):
     torch.manual_seed(0)
-    net = ARCHITECTURES[name](in_channels=in_channels, num_classes=num_classes, input_size=(size, size))
+    net = ARCHITECTURES[name](
+        **ARCHITECTURES.example(name), in_channels=in_channels, num_classes=num_classes, input_size=(size, size)
+    )
     x = torch.randn(3, in_channels, size, size)
     out = net(x)
     assert out.shape == (3, net.num_outputs)

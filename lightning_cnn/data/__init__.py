@@ -5,6 +5,7 @@ from lightning_cnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from lightning_cnn.data.files import ImageFilesDataModule
 from lightning_cnn.data.folder import ImageFolderDataModule
 from lightning_cnn.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_cnn.registry import DATAMODULES
 
 __all__ = [
     "DATAMODULES",
@@ -19,11 +20,3 @@ __all__ = [
     "InMemoryImageDataset",
     "MNISTDataModule",
 ]
-
-#: The datamodules the test suite sweeps.
-DATAMODULES = {
-    "mnist": MNISTDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "cifar100": CIFAR100DataModule,
-}

@@ -27,6 +27,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_cnn.augmentation import Augmentation
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageArrays, ImageDataModule
 from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, read_image, resize_uint8
+from lightning_cnn.registry import DATAMODULES
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataModule"]
 
@@ -54,6 +55,7 @@ def _classes_with_images(train_dir: Path) -> tuple[str, ...]:
     return tuple(d.name for d in folders if d.name not in empty)
 
 
+@DATAMODULES.register("image_folder")
 class ImageFolderDataModule(ImageDataModule):
     """Images in class sub-folders (``train``/``val``/``test`` folders, or class folders only, split by seed).
 

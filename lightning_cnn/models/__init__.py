@@ -10,13 +10,6 @@ Every architecture here follows one contract, which the CLI and the classifier r
 
 from lightning_cnn.models.backbones import TorchvisionNet
 from lightning_cnn.models.convnet import BatchNormCNN, ConvNet, FunctionalCNN, LeNet
+from lightning_cnn.registry import ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet", "TorchvisionNet"]
-
-#: The architectures the test suite sweeps, each with the input it is designed for.
-ARCHITECTURES = {
-    "lenet": LeNet,
-    "functional_cnn": FunctionalCNN,
-    "batchnorm_cnn": BatchNormCNN,
-    "convnet": ConvNet,
-}

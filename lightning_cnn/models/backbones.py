@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cnn.models.layers import Dense, Dropout, input_too_small
+from lightning_cnn.registry import ARCHITECTURES
 
 __all__ = [
     "SUPPORTED_FAMILIES",
@@ -260,6 +261,7 @@ class _GlobalMaxPool(nn.AdaptiveMaxPool2d):
         super().__init__(1)
 
 
+@ARCHITECTURES.register("torchvision", arch="resnet18", weights=None)
 class TorchvisionNet(nn.Module):
     """A torchvision classification model without its classifier (Keras' ``include_top=False``) and a new head.
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_cnn.models.layers import Conv2D, Dense, Dropout, Padding, input_too_small, keras_init_
 from lightning_cnn.models.layers import batch_norm as make_batch_norm  # `batch_norm` is also an argument name
+from lightning_cnn.registry import ARCHITECTURES
 from lightning_cnn.regularization import LayerRegularizers, resolve_layer_regularizers
 
 __all__ = ["BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet"]
@@ -52,6 +53,7 @@ def _check_rate(rate: float, name: str) -> float:
     return rate
 
 
+@ARCHITECTURES.register("convnet")
 class ConvNet(nn.Module):
     """A Keras-style sequential CNN: conv blocks, then dense layers, then the output layer.
 
@@ -175,6 +177,7 @@ class ConvNet(nn.Module):
         return self.head(self.backbone(x))
 
 
+@ARCHITECTURES.register("lenet")
 class LeNet(ConvNet):
     """The slides' "LeNet simples" (Sequential API): 62,226 parameters on 1×28×28.
 
@@ -207,6 +210,7 @@ class LeNet(ConvNet):
         )  # fmt: skip
 
 
+@ARCHITECTURES.register("functional_cnn")
 class FunctionalCNN(ConvNet):
     """The slides' functional-API CNN: 35,813 parameters on 1×64×64 with one sigmoid output.
 
@@ -239,6 +243,7 @@ class FunctionalCNN(ConvNet):
         )  # fmt: skip
 
 
+@ARCHITECTURES.register("batchnorm_cnn")
 class BatchNormCNN(ConvNet):
     """The slides' BatchNorm/Dropout CNN (their ``model.summary()`` table): 358,210 Keras parameters, of which 440
     are BatchNorm's non-trainable moving statistics.
