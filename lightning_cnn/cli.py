@@ -1,12 +1,13 @@
 """The command line: LightningCLI over :class:`ImageClassifier` and the datamodules.
 
-``python cli.py {fit,validate,test,predict} --config configs/<name>.yaml`` (and ``--print_config``), and
-``python cli.py export --ckpt_path … --format onnx|torchscript``. The datamodule's number of classes, image shape
+``python cli.py {fit,validate,test,predict} --config configs/<name>.yaml`` (and ``--print_config``), and the
+package's tools as subcommands of the same CLI: ``summary`` and ``preview`` (same config, no training) and
+``export --ckpt_path … --format onnx|torchscript``. The datamodule's number of classes, image shape
 and preprocessing are linked into the model and its network, so they are never typed twice; a pretrained network's
-weights decide the datamodule's normalization; ``test_after_fit: true`` evaluates the best checkpoint on the test
-split when ``fit`` ends.
+weights decide the datamodule's normalization; ``test_after_fit`` (on by default) evaluates the best checkpoint on
+the test split when ``fit`` ends. Runs log into ``runs/<name of the first --config file>/version_N``.
 
-``validate``/``test``/``predict`` with ``--ckpt_path`` need no config: the model, and the data it was trained on,
+``validate``/``test``/``predict``/``export`` with ``--ckpt_path`` need no config: the model, and the data it was trained on,
 are rebuilt from the checkpoint (``--inputs`` predicts on new images with the checkpoint's preprocessing instead).
 """
 
@@ -48,6 +49,7 @@ from lightning_cnn.checkpoints import (
 )
 from lightning_cnn.data.base import CorruptDataError, DataNotFoundError
 from lightning_cnn.export import ExportError
+from lightning_cnn.export import export as export_checkpoint
 from lightning_cnn.models.backbones import (
     TorchvisionNet,
     WeightsMismatchError,
@@ -57,20 +59,25 @@ from lightning_cnn.models.backbones import (
 )
 from lightning_cnn.module import ImageClassifier, NonFiniteLossError
 from lightning_cnn.paths import written_whole
+from lightning_cnn.preview import DEFAULT_DIR as PREVIEW_DIR
+from lightning_cnn.preview import write_preview
 
 __all__ = ["CNNCLI", "ConfigError", "main"]
 
-# A YAML `optimizer:` replaces ImageClassifier.configure_optimizers, which is only the Python-API default;
-# Lightning warns about that replacement on every run although it is the intended behaviour here.
-warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by.*")
-# Raised inside Lightning itself (its pytree helper) on every predict; nothing a user can act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-# Every run here logs into a new version folder, so a checkpoint restored by `--ckpt_path` always comes from another
-# folder than the run's: Lightning's notice about it would appear on every test, predict and resume.
-warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
-
+# Lightning notices that appear on every run of this CLI and that a user cannot act on; silenced while the CLI runs
+# (see CNNCLI.__init__), never for the rest of the process.
+_LIGHTNING_NOTICES = (
+    # Raised inside Lightning itself (its pytree helper) on every predict.
+    r".*isinstance\(treespec, LeafSpec\).*",
+    # Every run logs into a new version folder, so a checkpoint restored by `--ckpt_path` always comes from another
+    # folder than the run's: Lightning's notice about it would appear on every test, predict and resume.
+    r".*The dirpath has changed from.*",
+)
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
-_EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+_EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
+# The package's tools, run by the same CLI as Trainer's fit/validate/test/predict: methods of CNNCLI below, given
+# the model and datamodule the config describes.
+_TOOLS = ("summary", "preview", "export")
 # --ckpt_path values Lightning resolves itself rather than a file path.
 _CKPT_KEYWORDS = ("last", "best", "hpc")
 # What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it).
@@ -90,9 +97,13 @@ _NET_CONTRACT = (
     "model use lightning_cnn.models.TorchvisionNet with init_args: {arch: resnet18}."
 )
 _FILES_DATAMODULE = "lightning_cnn.data.ImageFilesDataModule"
+#: Where runs log: ``runs/<experiment>/version_N`` (see CNNCLI._default_loggers).
+RUNS_DIR = "runs"
+# What every run logs to unless its config says otherwise: metrics.csv (whole-file safe) and TensorBoard events.
+_DEFAULT_LOGGERS = ("lightning_cnn.loggers.CSVLogger", "pytorch_lightning.loggers.TensorBoardLogger")
 _DESCRIPTION = (
-    "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and "
-    "export (python cli.py export --help)."
+    "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and the tools "
+    "summary (Keras-style model.summary()), preview (augmentation grid) and export (ONNX / TorchScript)."
 )
 
 
@@ -132,7 +143,8 @@ class _SaveConfigWhole(SaveConfigCallback):
 
 
 class CNNCLI(LightningCLI):
-    """LightningCLI with the datamodule → model links and a ``test_after_fit`` switch."""
+    """LightningCLI with the datamodule → model links, a ``test_after_fit`` switch (on by default), runs logged into
+    ``runs/<experiment>/`` and the tools ``summary``, ``preview`` and ``export`` as subcommands."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", _ConciseParser)
@@ -142,11 +154,34 @@ class CNNCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", _SaveConfigWhole)
         kwargs.setdefault("save_config_kwargs", {"overwrite": False})
         kwargs.setdefault("parser_kwargs", {"description": _DESCRIPTION})
+        # The optimizer and scheduler are the model's own arguments (model.init_args.optimizer), injected as
+        # callables, rather than LightningCLI's top-level keys that replace configure_optimizers.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        # Runs are reproducible unless a config says otherwise (seed_everything: true draws a seed).
+        kwargs.setdefault("seed_everything_default", 42)
         # Any LightningDataModule that offers what the links read (num_classes, dims, preprocessing): the image
         # datamodules, ImageFilesDataModule for new images, or a project's own.
-        super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
+        with warnings.catch_warnings():
+            for notice in _LIGHTNING_NOTICES:
+                warnings.filterwarnings("ignore", message=notice)
+            super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     # --- parsing -----------------------------------------------------------------------------------------------
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # The tools, each with the whole config (model, data, trainer…) plus its own options, read from its method's
+        # signature as Lightning reads fit's from Trainer.fit.
+        for tool in _TOOLS:
+            method = getattr(type(self), tool)
+            description = (method.__doc__ or "").strip().splitlines()[0]
+            tool_parser = self.init_parser(description=description, **kwargs.get(tool, {}))
+            self._add_arguments(tool_parser)
+            self._subcommand_method_arguments[tool] = tool_parser.add_method_arguments(
+                type(self), tool, as_group=False, skip={"model", "datamodule"}
+            )
+            self._subcommand_parsers[tool] = tool_parser
+            parser._subcommands_action.add_subcommand(tool, tool_parser, help=description)
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
@@ -168,7 +203,20 @@ class CNNCLI(LightningCLI):
         if args is None or isinstance(args, (list, tuple)):
             self._argv = list(sys.argv[1:] if args is None else args)
             self._defaults_from_checkpoint(self._argv)
+            self._default_loggers(self._argv)
         super().parse_arguments(parser, args)
+
+    def _default_loggers(self, argv: list[str]) -> None:
+        """Unless a config sets ``trainer.logger``, log CSV + TensorBoard into ``runs/<experiment>/version_N``, where
+        the experiment is the name of the first ``--config`` file (else the subcommand's name, e.g. ``runs/test``):
+        a config never types its own folder."""
+        subcommand = next((arg for arg in argv if arg in self._subcommand_parsers), None)
+        if subcommand is None:
+            return
+        configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
+        folder = f"{RUNS_DIR}/{Path(configs[0]).stem if configs else subcommand}"
+        loggers = [{"class_path": cls, "init_args": {"save_dir": folder, "name": ""}} for cls in _DEFAULT_LOGGERS]
+        self._subcommand_parsers[subcommand].set_defaults({"trainer.logger": loggers})
 
     def _defaults_from_checkpoint(self, argv: list[str]) -> None:
         """``validate``/``test``/``predict --ckpt_path X`` without a config: the model (and the data it was trained
@@ -187,11 +235,6 @@ class CNNCLI(LightningCLI):
             defaults["data"] = _files_data(inputs, checkpoint)
         elif not (has_config or _has_option(argv, "--data")):
             defaults["data"] = _class_config(checkpoint.get("datamodule_hyper_parameters"), ckpt_path, "data")
-        if not has_config:
-            defaults["trainer.logger"] = {
-                "class_path": "lightning_cnn.loggers.CSVLogger",
-                "init_args": {"save_dir": f"runs/{subcommand}", "name": ""},
-            }
         self._subcommand_parsers[subcommand].set_defaults(defaults)
 
     def _parse_ckpt_path(self) -> None:
@@ -246,7 +289,7 @@ class CNNCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit",
             type=bool,
-            default=False,
+            default=True,
             help="After fit, test the best checkpoint (or the final weights if none was saved) on the test split.",
         )
         parser.add_argument(
@@ -368,7 +411,10 @@ class CNNCLI(LightningCLI):
         self._check_batch_splits()
         self._check_run_dir_writable()
         try:
-            super()._run_subcommand(subcommand)
+            if subcommand in _TOOLS:  # methods of this class, not of the Trainer
+                getattr(self, subcommand)(**self._prepare_subcommand_kwargs(subcommand))
+            else:
+                super()._run_subcommand(subcommand)
         except Exception:
             self._remove_failed_run_dir()
             raise
@@ -421,11 +467,66 @@ class CNNCLI(LightningCLI):
             self._check_checkpoint_fits()
 
     def after_fit(self) -> None:
-        if not self._get(self.config, "test_after_fit", default=False):
+        if not self._get(self.config, "test_after_fit", default=True):
             return
         checkpoint = self.trainer.checkpoint_callback
         ckpt_path: Optional[str] = "best" if checkpoint is not None and checkpoint.best_model_path else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+
+    # --- the tools (python cli.py summary | preview | export) ----------------------------------------------------
+
+    def summary(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None) -> None:
+        """Print the model's Keras-style summary (model.summary()) without training; options under summary:."""
+        self._summary_callback().print_summary(model)
+
+    def preview(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        out: Optional[str] = None,
+        samples: PositiveInt = 8,
+        variants: PositiveInt = 5,
+        overwrite: bool = False,
+    ) -> None:
+        """Write a PNG grid of training images before and after the config's augmentation, without training.
+
+        Args:
+            out: PNG path; default ``runs/preview/<first config's name>.png``. An existing file is kept and a free
+                name beside it is used, unless ``overwrite``.
+            samples: Training images, one per row.
+            variants: Augmented draws of each image.
+            overwrite: Replace ``out`` if it exists.
+        """
+        configs = [self._argv[i + 1] for i, arg in enumerate(self._argv[:-1]) if arg in ("--config", "-c")]
+        name = Path(configs[0]).stem if configs else "preview"  # the experiment, as the run folder is named
+        path = write_preview(datamodule, Path(out) if out else PREVIEW_DIR / f"{name}.png", samples, variants, overwrite)
+        print(path)
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[str] = None,
+        format: str = "onnx",
+        out: Optional[str] = None,
+    ) -> None:
+        """Export a trained checkpoint (--ckpt_path) as ONNX or TorchScript, normalization included.
+
+        Float pixels in [0, 1] ``(N, C, H, W)`` in, class probabilities out; class names and input size in the
+        file's metadata.
+
+        Args:
+            ckpt_path: The checkpoint to export (written by ``cli.py fit``); no config is needed beside it.
+            format: ``onnx`` or ``torchscript``.
+            out: Output file; default beside the checkpoint, never replacing a file.
+        """
+        if not ckpt_path:
+            raise ConfigError("export needs --ckpt_path: the checkpoint written by cli.py fit to export.")
+        export_checkpoint(ckpt_path, format, out)
+
+    def _summary_callback(self) -> KerasModelSummary:
+        found = [cb for cb in self.trainer.callbacks if isinstance(cb, KerasModelSummary)]
+        return found[0] if found else KerasModelSummary()
 
 
 def _share_log_version(trainer: Trainer) -> None:
@@ -728,14 +829,8 @@ def main(args: Optional[list[str]] = None) -> None:
     A bad config value, missing or corrupt data, or unusable weights end the run with one ``error: …`` line
     (exit status 2) instead of a traceback; their messages say what to change.
     """
-    argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] == "export":
-            from lightning_cnn.export import main as export_main
-
-            export_main(argv[1:])  # its own small parser: a checkpoint, a format, an output file
-        else:
-            CNNCLI(args=args)
+        CNNCLI(args=args)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -13,19 +13,18 @@ ONNX needs the optional extra: ``pip install -e .[export]`` (onnx, onnxscript; o
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from lightning_cnn.checkpoints import CheckpointError, checkpoint_preprocessing
+from lightning_cnn.checkpoints import checkpoint_preprocessing
 from lightning_cnn.preprocessing import Preprocessing
 
-__all__ = ["FORMATS", "DeployableClassifier", "ExportError", "export", "main", "metadata"]
+__all__ = ["FORMATS", "DeployableClassifier", "ExportError", "export", "metadata"]
 
 Format = Literal["onnx", "torchscript"]
 #: Export formats and the file suffix each gets by default.
@@ -201,32 +200,3 @@ def _check(model: nn.Module, path: Path, format: Format, preprocessing: Preproce
     if difference > _CHECK_TOLERANCE or not torch.equal(got.argmax(1), expected.argmax(1)):
         raise ExportError(f"{path} disagrees with PyTorch (max |Δprobability| {difference:.2e}); please report it.")
     print(f"Exported {path} (checked against PyTorch: max |Δprobability| {difference:.1e})", flush=True)
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python cli.py export`` / ``python -m lightning_cnn.export``."""
-    parser = argparse.ArgumentParser(
-        prog="cli.py export",
-        description="Export a trained checkpoint as ONNX or TorchScript: float pixels in [0, 1] (N, C, H, W) in, "
-        "class probabilities out, normalization included; class names and input size in the file's metadata.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by cli.py fit")
-    # No argparse `choices`: an unknown format gets export()'s one-line error like every other bad value.
-    parser.add_argument("--format", default="onnx", help=f"one of {', '.join(sorted(FORMATS))} (default: onnx)")
-    parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint, never overwriting)")
-    args = parser.parse_args(argv)
-    export(args.ckpt_path, args.format, args.out)
-
-
-def _cli_entry() -> Any:  # pragma: no cover - thin wrapper for `python -m`
-    import sys
-
-    try:
-        main()
-    except (ExportError, CheckpointError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    _cli_entry()

@@ -11,12 +11,14 @@ Subclass it to change behaviour; the methods meant to be overridden are:
 - :meth:`compute_loss` — the data term of the loss (e.g. focal loss, label smoothing);
 - :meth:`shared_step` — what one train/val/test step does with a batch, returning the loss;
 - :meth:`regularization_loss` — the penalty added to the loss;
-- ``configure_optimizers`` — as in any LightningModule (a YAML ``optimizer:`` replaces it in the CLI).
+- ``configure_optimizers`` — as in any LightningModule; by default it builds the ``optimizer`` and ``lr_scheduler``
+  the module was given (in YAML, ``model.init_args.optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.1}}``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, Literal, Optional, Union, get_args
 
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -32,16 +36,21 @@ from lightning_cnn.models.backbones import skip_pretrained_weights
 from lightning_cnn.preprocessing import Preprocessing
 from lightning_cnn.regularization import regularization_loss
 
-__all__ = ["ImageClassifier", "NonFiniteLossError", "Stage"]
+__all__ = ["ImageClassifier", "LRSchedulerCallable", "NonFiniteLossError", "OptimizerCallable", "Stage"]
 
 Stage = Literal["train", "val", "test"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+# What `optimizer` / `lr_scheduler` take: a class (or function) that builds one from the parameters / the optimizer.
+# jsonargparse turns a YAML `class_path` + `init_args` into such a callable (the same types as Lightning's
+# OptimizerCallable / LRSchedulerCallable, which live in pytorch_lightning.cli: not imported by a model file).
+OptimizerCallable = Callable[[Iterable[Tensor]], Optimizer]
+LRSchedulerCallable = Callable[[Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
 
 # What a training step adds up (plus the sample count) to log epoch means: loss, data loss, penalty, accuracy.
 _TRAIN_SUMS = ("loss", "data_loss", "reg_loss", "acc")
 
-# Keras' compile(optimizer="adam") learning rate; used when neither the YAML nor a subclass chooses an optimizer.
-DEFAULT_LR = 1e-3
+# What a ReduceLROnPlateau scheduler watches unless it names its own `monitor` (Lightning's CLI subclass does).
+_PLATEAU_MONITOR = "val/loss"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -77,6 +86,10 @@ class ImageClassifier(pl.LightningModule):
         compile: Compile the network with ``torch.compile`` (inductor) when the trainer sets up. The first steps then
             take the compile time (12-22 s for the slides' CNNs on two CPU cores), and on a CPU the compiled steps
             measured slower than eager ones (README, "Speed"), hence off by default; worth trying on a GPU.
+        optimizer: Builds the optimizer from the trainable parameters; default Adam with lr 1e-3, Keras'
+            ``compile(optimizer="adam")``. In YAML: ``class_path`` + ``init_args`` of any ``torch.optim`` class.
+        lr_scheduler: Builds a learning-rate scheduler from the optimizer, stepped every epoch; none by default.
+            A ``ReduceLROnPlateau`` watches its ``monitor`` if it has one (Lightning's subclass), else ``val/loss``.
     """
 
     def __init__(
@@ -88,6 +101,8 @@ class ImageClassifier(pl.LightningModule):
         preprocessing: Optional[dict[str, Any]] = None,
         memory_format: MemoryFormat = "auto",
         compile: bool = False,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: Optional[LRSchedulerCallable] = None,
     ) -> None:
         super().__init__()
         # Under the CLI, the hyperparameters hold the net's config (class_path + init_args), from which
@@ -96,9 +111,13 @@ class ImageClassifier(pl.LightningModule):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
-        if isinstance(self.hparams.get("net"), nn.Module):
-            self.save_hyperparameters(ignore=["net"])
+        # Likewise an optimizer or scheduler given as a Python callable (the CLI records its class_path config).
+        objects = [name for name in ("net", "optimizer", "lr_scheduler") if not _plain_data(self.hparams.get(name))]
+        if objects:
+            self.save_hyperparameters(ignore=objects)
         self.net = net
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape)
         self.penalty_in_eval_loss = penalty_in_eval_loss
@@ -337,9 +356,23 @@ class ImageClassifier(pl.LightningModule):
         with skip_pretrained_weights():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam (lr 1e-3, Keras' ``optimizer="adam"``) over the trainable parameters.
+    def configure_optimizers(self) -> Any:
+        """The ``optimizer`` over the trainable parameters (Adam, lr 1e-3 by default), and the ``lr_scheduler`` if
+        one was given."""
+        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = getattr(scheduler, "monitor", _PLATEAU_MONITOR)
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
-        In the CLI, a YAML ``optimizer:`` / ``lr_scheduler:`` replaces this.
-        """
-        return torch.optim.Adam((p for p in self.parameters() if p.requires_grad), lr=DEFAULT_LR)
+
+def _plain_data(value: Any) -> bool:
+    """Whether a hyperparameter is plain data (a config), which a checkpoint can hold without pickling code."""
+    if isinstance(value, dict):
+        return all(_plain_data(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))

@@ -1,6 +1,6 @@
 """Look at a config's training augmentation before a long run: a PNG grid of original vs augmented samples.
 
-``python -m lightning_cnn.preview --config configs/augment_lenet_fashion_mnist.yaml [--out path.png]``
+``python cli.py preview --config configs/augment_lenet_fashion_mnist.yaml [--out path.png]``
 
 The datamodule is built exactly as ``cli.py fit`` builds it (same config files and ``--data.…`` overrides), so the
 picture shows what the network will be fed: each row is one training image — first as validation/test see it,
@@ -10,7 +10,6 @@ instead. The path written is printed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,7 @@ from torch import Tensor
 from lightning_cnn.paths import free_path
 from lightning_cnn.preprocessing import resize_uint8
 
-__all__ = ["free_path", "main", "preview_grid"]
+__all__ = ["preview_grid", "write_preview"]
 
 DEFAULT_DIR = Path("runs") / "preview"
 
@@ -100,43 +99,20 @@ def _draw(original: Tensor, augmented: Tensor, titles: list[str], heading: str, 
     plt.close(fig)
 
 
-def main(argv: Optional[list[str]] = None) -> Path:
-    """Entry point: parse the options, build the datamodule through the CLI, write and print the PNG path."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lightning_cnn.preview",
-        description="Write a PNG grid of original vs augmented training samples for a config. Other arguments "
-        "(--data.init_args.…, more --config files) are passed to the CLI as for `cli.py fit`.",
-    )
-    parser.add_argument("--config", action="append", required=True, help="experiment YAML (repeatable)")
-    parser.add_argument("--out", type=Path, default=None, help=f"PNG path (default {DEFAULT_DIR}/<config>.png)")
-    parser.add_argument("--samples", type=int, default=8, help="training images, one per row (default 8)")
-    parser.add_argument("--variants", type=int, default=5, help="augmented draws per image (default 5)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    options, rest = parser.parse_known_args(argv)
-    if options.samples < 1 or options.variants < 1:
-        parser.error(f"--samples={options.samples} --variants={options.variants}; both must be at least 1.")
-
-    from lightning_cnn.cli import CNNCLI
-
-    cli_args = [arg for config in options.config for arg in ("--config", config)] + rest
-    cli = CNNCLI(args=cli_args, run=False)
-    datamodule = cli.datamodule
+def write_preview(
+    datamodule, path: Path, samples: int = 8, variants: int = 5, overwrite: bool = False  # noqa: ANN001
+) -> Path:
+    """Set up ``datamodule`` for fit, draw its grid and write it to ``path`` (or the first free name beside it unless
+    ``overwrite``); return the path written."""
     datamodule.prepare_data()
     datamodule.setup("fit")
-    original, augmented, titles = preview_grid(datamodule, options.samples, options.variants)
-
-    target = options.out or DEFAULT_DIR / f"{Path(options.config[-1]).stem}.png"
-    path = target if options.overwrite else free_path(target)
-    if path != target:
-        print(f"{target} exists; writing {path} instead (pass --overwrite to replace it).", file=sys.stderr)
+    original, augmented, titles = preview_grid(datamodule, samples, variants)
+    target = path if overwrite else free_path(path)
+    if target != path:
+        print(f"{path} exists; writing {target} instead (pass --overwrite true to replace it).", file=sys.stderr)
     augmentation = datamodule.augmentation
     heading = f"{type(datamodule).__name__}: {type(augmentation).__name__ if augmentation else 'train_transform'}"
     if augmentation is not None and hasattr(augmentation, "mode"):
         heading += f" ({augmentation.mode})"
-    _draw(original, augmented, titles, heading, path)
-    print(path)
-    return path
-
-
-if __name__ == "__main__":
-    main()
+    _draw(original, augmented, titles, heading, target)
+    return target

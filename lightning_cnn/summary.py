@@ -6,7 +6,7 @@ those buffers back, and frozen parameters count as non-trainable, as Keras' ``tr
 
 Output shapes are channels-first, PyTorch's layout: Keras' ``(None, 28, 28, 32)`` is ``(None, 32, 28, 28)``.
 
-Run it without training with ``python -m lightning_cnn.summary --config configs/<name>.yaml``.
+Print it for a config without training: ``python cli.py summary --config configs/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["KerasSummary", "LayerRow", "keras_summary", "main"]
+__all__ = ["KerasSummary", "LayerRow", "keras_summary"]
 
 # PyTorch class name -> Keras layer name, for the "(type)" column.
 _KERAS_TYPE_NAMES = {
@@ -163,15 +163,3 @@ def keras_summary(
         for name, m in layers
     ]
     return KerasSummary(title or type(net).__name__, rows)
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m lightning_cnn.summary --config CONFIG``: print a config's model summary without training."""
-    from lightning_cnn.cli import CNNCLI
-
-    cli = CNNCLI(args=argv, run=False)
-    print(keras_summary(cli.model.net, cli.model.input_shape, title=type(cli.model.net).__name__))
-
-
-if __name__ == "__main__":
-    main()

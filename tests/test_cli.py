@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from lightning_cnn import ImageClassifier
+from lightning_cnn.callbacks import KerasModelSummary
 from lightning_cnn.cli import CNNCLI
 from tests.conftest import CONFIGS, REPO_ROOT, write_fake_cifar, write_fake_mnist
 
@@ -157,11 +158,28 @@ def test_unknown_yaml_key_fails_clearly(in_tmp, capsys):
 
 def test_summary_command_prints_without_training():
     out = subprocess.run(
-        [sys.executable, "-m", "lightning_cnn.summary", "--config", str(CONFIGS / "bn_cnn_mnist.yaml")],
+        [sys.executable, "cli.py", "summary", "--config", str(CONFIGS / "bn_cnn_mnist.yaml")],
         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Total params: 358,210" in out.stdout and "bn1 (BatchNormalization)" in out.stdout
+    assert "(None, 32, 28, 28)" in out.stdout  # output shapes, on by default
+
+
+def test_summary_options_come_from_the_config(in_tmp, capsys):
+    config = str(CONFIGS / "lenet_mnist.yaml")
+    run_cli(["summary", "--config", config, "--summary.show_shapes", "false"])
+    printed = capsys.readouterr().out
+    assert "Total params: 62,226" in printed and "(None," not in printed
+
+
+def test_summary_switch_turns_the_fit_table_off(in_tmp, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["summary"] == {"enabled": True, "show_shapes": True}
+    cli = CNNCLI(args=["--config", str(CONFIGS / "lenet_mnist.yaml"), "--summary.enabled", "false"], run=False)
+    (callback,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, KerasModelSummary)]
+    assert callback.enabled is False
 
 
 @pytest.mark.parametrize(

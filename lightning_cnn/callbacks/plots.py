@@ -15,7 +15,7 @@ from torch import Tensor
 
 from lightning_cnn.paths import free_path, written_whole
 
-__all__ = ["TrainingPlots", "free_path"]
+__all__ = ["TrainingPlots"]
 
 # (panel title, train metric, validation metric) for the learning-curve figure.
 _CURVES = (("loss", "train/loss_epoch", "val/loss"), ("accuracy", "train/acc_epoch", "val/acc"))
