@@ -58,11 +58,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from machine import cli_env, cpu_name, quiet_fit_args, timing_fit_args  # benchmarks/machine.py (on sys.path)
+from machine import (  # benchmarks/machine.py (on sys.path)
+    add_keras_arguments,
+    cli_env,
+    cpu_name,
+    keras_env,
+    keras_python,
+    quiet_fit_args,
+    timing_fit_args,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-REQUIREMENTS = Path(__file__).resolve().parent / "requirements-keras.txt"
 # Debian's dataset-fashion-mnist package: FashionMNISTDataModule.system_dirs.
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
@@ -217,7 +224,7 @@ def keras_side(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _optimizer_for_keras(config: str) -> dict[str, Any]:
-    """The config's optimizer with torch's defaults filled in, as the Keras optimizer of the same name and settings.
+    """The config's ``model.init_args.optimizer`` with torch's defaults filled in, as the Keras optimizer of the same name and settings.
 
     Raises:
         ValueError: If the config's optimizer or one of its settings has no Keras counterpart here.
@@ -227,7 +234,11 @@ def _optimizer_for_keras(config: str) -> dict[str, Any]:
     import torch
     import yaml
 
-    spec = yaml.safe_load((CONFIGS / config).read_text())["optimizer"]
+    model = yaml.safe_load((CONFIGS / config).read_text())["model"]
+    if isinstance(model, str):  # a model piece, named relative to the experiment
+        model = yaml.safe_load((CONFIGS / model).read_text())
+    # The module's default optimizer is torch.optim.Adam with its defaults (Keras' compile(optimizer="adam")).
+    spec = (model.get("init_args") or {}).get("optimizer") or {"class_path": "torch.optim.Adam"}
     name = spec["class_path"].rsplit(".", 1)[-1]
     if name not in _KERAS_OPTIMIZERS:
         raise ValueError(
@@ -310,10 +321,9 @@ def run_ours(job: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 def run_keras(job: dict[str, Any], keras_python: str) -> dict[str, Any]:
     """:func:`keras_side` under the Keras interpreter, in a fresh process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONWARNINGS="ignore")
     done = subprocess.run(
         [keras_python, str(Path(__file__).resolve()), "--_keras-job", json.dumps(job)],
-        env=env,
+        env=keras_env(),
         capture_output=True,
         text=True,
     )
@@ -327,22 +337,6 @@ def run_keras(job: dict[str, Any], keras_python: str) -> dict[str, Any]:
 def _fail(what: str, done: subprocess.CompletedProcess) -> None:
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-20:])
     sys.exit(f"{what}: exited with status {done.returncode}:\n{tail}")
-
-
-def _keras_python(args: argparse.Namespace) -> str:
-    """The Keras interpreter: ``--keras-python``, else the venv at ``--keras-venv`` (created if missing)."""
-    if args.keras_python:
-        if not Path(args.keras_python).is_file():
-            sys.exit(f"--keras-python {args.keras_python}: no such file; give a venv's bin/python, or leave it out "
-                     "and let the script create one with --keras-venv DIR.")  # fmt: skip
-        return args.keras_python
-    venv = Path(args.keras_venv)
-    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    if not python.is_file():
-        print(f"Creating the Keras venv {venv} from {REQUIREMENTS.name} (once; about a minute) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)], check=True)
-    return str(python)
 
 
 # --- start-up --------------------------------------------------------------------------------------------------------
@@ -418,10 +412,7 @@ def _counts(r: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keras-python", help="an existing interpreter with requirements-keras.txt installed")
-    parser.add_argument("--keras-venv", default=str(REPO / ".keras-venv"),
-                        help="venv for the Keras side, created from requirements-keras.txt if missing "
-                             "(default: .keras-venv in the repository root)")  # fmt: skip
+    add_keras_arguments(parser)
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per fp32 run")
     parser.add_argument(
         "--bf16-steps",
@@ -463,7 +454,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from lightning_cnn.data import FashionMNISTDataModule
 
-    keras_python = _keras_python(args)
+    keras_interpreter = keras_python(args)
     wall = time.perf_counter()
     base = {"data_dir": args.data_dir, "batch_size": args.batch_size, "warmup": args.warmup,
             "mean": FashionMNISTDataModule.mean[0], "std": FashionMNISTDataModule.std[0]}  # fmt: skip
@@ -483,7 +474,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             for model in args.models:
                 for precision in args.precisions:
                     j = job(model, precision, "time")
-                    runs.setdefault((model, precision, "keras"), []).append(run_keras(j, keras_python))
+                    runs.setdefault((model, precision, "keras"), []).append(run_keras(j, keras_interpreter))
                     folder = Path(tmp) / f"r{round_}_{model.replace(' ', '_')}_{precision}"
                     runs.setdefault((model, precision, "ours"), []).append(run_ours(j, folder))
                     print(f"round {round_ + 1}/{args.rounds} {model} {precision}: Keras "
@@ -493,7 +484,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.accuracy:
             for model in args.models:
                 j = job(model, "fp32", "accuracy")
-                accuracy[model, "keras"] = run_keras(j, keras_python)
+                accuracy[model, "keras"] = run_keras(j, keras_interpreter)
                 accuracy[model, "ours"] = run_ours(j, Path(tmp) / f"accuracy_{model.replace(' ', '_')}")
         start_lines = [] if args.skip_startup else startup()
 

@@ -1,14 +1,18 @@
-"""What the benchmark scripts beside this file share: what they print about the machine they ran on, and how they
-start ``cli.py fit`` in a process of its own. No torch import here: benchmarks/keras_parity.py also runs under the
-Keras interpreter."""
+"""What the benchmark scripts beside this file share: what they print about the machine they ran on, how they
+start ``cli.py fit`` in a process of its own, and the Keras interpreter they compare against. No torch import here:
+benchmarks/keras_parity.py and keras_augment_check.py also run under the Keras interpreter."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+KERAS_REQUIREMENTS = REPO / "benchmarks" / "requirements-keras.txt"
 
 
 def cpu_name() -> str:
@@ -49,3 +53,32 @@ def timing_fit_args(warmup: int, steps: int) -> list[str]:
         "--trainer.logger", "false",
         "--test_after_fit", "false",
     ]  # fmt: skip
+
+
+def add_keras_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--keras-python`` and ``--keras-venv``: where :func:`keras_python` finds Keras."""
+    parser.add_argument("--keras-python", help="an existing interpreter with requirements-keras.txt installed")
+    parser.add_argument("--keras-venv", default=str(REPO / ".keras-venv"),
+                        help="venv for the Keras side, created from requirements-keras.txt if missing "
+                             "(default: .keras-venv in the repository root)")  # fmt: skip
+
+
+def keras_python(args: argparse.Namespace) -> str:
+    """The Keras interpreter: ``--keras-python``, else the venv at ``--keras-venv`` (created if missing)."""
+    if args.keras_python:
+        if not Path(args.keras_python).is_file():
+            sys.exit(f"--keras-python {args.keras_python}: no such file; give a venv's bin/python, or leave it out "
+                     "and let the script create one with --keras-venv DIR.")  # fmt: skip
+        return args.keras_python
+    venv = Path(args.keras_venv)
+    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.is_file():
+        print(f"Creating the Keras venv {venv} from {KERAS_REQUIREMENTS.name} (once; about a minute) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(KERAS_REQUIREMENTS)], check=True)
+    return str(python)
+
+
+def keras_env() -> dict[str, str]:
+    """The environment of a Keras process: TensorFlow's backend, its C++ log and Python warnings quiet."""
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow", PYTHONWARNINGS="ignore")

@@ -51,8 +51,8 @@ from machine import cpu_name  # benchmarks/machine.py (this script's folder is o
 from torch import Tensor
 
 from lightning_cnn.data import CIFAR10DataModule, FashionMNISTDataModule
-from lightning_cnn.data.base import ImageArrays
 from lightning_cnn.data.cifar import write_cifar_batch
+from lightning_cnn.data.dataset import ImageArrays
 from lightning_cnn.preprocessing import resize_uint8
 
 # The real CIFAR-10 python archive's layout and sizes.

@@ -47,7 +47,7 @@ from lightning_cnn.checkpoints import (
     checkpoint_preprocessing,
     load_checkpoint,
 )
-from lightning_cnn.data.base import CorruptDataError, DataNotFoundError
+from lightning_cnn.data import CorruptDataError, DataNotFoundError
 from lightning_cnn.export import ExportError
 from lightning_cnn.export import export as export_checkpoint
 from lightning_cnn.models.backbones import (
@@ -80,7 +80,9 @@ _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
 _TOOLS = ("summary", "preview", "export")
 # --ckpt_path values Lightning resolves itself rather than a file path.
 _CKPT_KEYWORDS = ("last", "best", "hpc")
-# What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it).
+# What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it). The
+# classifier would read num_classes and the input shape from a net of this package; linking them also serves a
+# net from elsewhere that does not carry them (any nn.Module class).
 _LINKS: dict[str, Any] = {
     "model.init_args.num_classes": lambda dm: dm.num_classes,
     "model.init_args.input_shape": lambda dm: dm.dims,
@@ -203,20 +205,19 @@ class CNNCLI(LightningCLI):
         if args is None or isinstance(args, (list, tuple)):
             self._argv = list(sys.argv[1:] if args is None else args)
             self._defaults_from_checkpoint(self._argv)
-            self._default_loggers(self._argv)
+            self._default_loggers(parser, self._argv)
         super().parse_arguments(parser, args)
 
-    def _default_loggers(self, argv: list[str]) -> None:
+    def _default_loggers(self, parser: LightningArgumentParser, argv: list[str]) -> None:
         """Unless a config sets ``trainer.logger``, log CSV + TensorBoard into ``runs/<experiment>/version_N``, where
         the experiment is the name of the first ``--config`` file (else the subcommand's name, e.g. ``runs/test``):
         a config never types its own folder."""
-        subcommand = next((arg for arg in argv if arg in self._subcommand_parsers), None)
-        if subcommand is None:
-            return
+        subcommands = getattr(self, "_subcommand_parsers", {})  # none when the CLI is built with run=False
+        subcommand = next((arg for arg in argv if arg in subcommands), None)
         configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
-        folder = f"{RUNS_DIR}/{Path(configs[0]).stem if configs else subcommand}"
+        folder = f"{RUNS_DIR}/{Path(configs[0]).stem if configs else subcommand or 'run'}"
         loggers = [{"class_path": cls, "init_args": {"save_dir": folder, "name": ""}} for cls in _DEFAULT_LOGGERS]
-        self._subcommand_parsers[subcommand].set_defaults({"trainer.logger": loggers})
+        (subcommands[subcommand] if subcommand else parser).set_defaults({"trainer.logger": loggers})
 
     def _defaults_from_checkpoint(self, argv: list[str]) -> None:
         """``validate``/``test``/``predict --ckpt_path X`` without a config: the model (and the data it was trained
@@ -499,7 +500,9 @@ class CNNCLI(LightningCLI):
         """
         configs = [self._argv[i + 1] for i, arg in enumerate(self._argv[:-1]) if arg in ("--config", "-c")]
         name = Path(configs[0]).stem if configs else "preview"  # the experiment, as the run folder is named
-        path = write_preview(datamodule, Path(out) if out else PREVIEW_DIR / f"{name}.png", samples, variants, overwrite)
+        path = write_preview(
+            datamodule, Path(out) if out else PREVIEW_DIR / f"{name}.png", samples, variants, overwrite
+        )
         print(path)
 
     def export(

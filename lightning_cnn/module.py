@@ -70,8 +70,10 @@ class ImageClassifier(pl.LightningModule):
 
     Args:
         net: The architecture, e.g. :class:`~lightning_cnn.models.LeNet`; in YAML, ``class_path`` + ``init_args``.
-        num_classes: Number of classes (linked from the datamodule by the CLI).
-        input_shape: ``(channels, height, width)`` of one image (linked from the datamodule); used for the
+        num_classes: Number of classes; default: the net's ``num_classes`` (the architectures' contract, see
+            :mod:`lightning_cnn.models`). Give it only for a net that does not carry it.
+        input_shape: ``(channels, height, width)`` of one image; default: the net's ``(in_channels, *input_size)``,
+            or none for a net that carries neither. Used for the
             summary's output shapes.
         penalty_in_eval_loss: Add the regularization penalty to ``val/loss`` and ``test/loss`` as Keras does.
             Turn off to monitor the pure data loss.
@@ -95,8 +97,8 @@ class ImageClassifier(pl.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        num_classes: int = 10,
-        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: Optional[int] = None,
+        input_shape: Optional[tuple[int, int, int]] = None,
         penalty_in_eval_loss: bool = True,
         preprocessing: Optional[dict[str, Any]] = None,
         memory_format: MemoryFormat = "auto",
@@ -118,12 +120,22 @@ class ImageClassifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.num_classes = num_classes
-        self.input_shape = tuple(input_shape)
+        num_classes = _from_net(net, "num_classes", num_classes, getattr(net, "num_classes", None))
+        if num_classes is None:
+            raise ValueError(
+                f"{type(net).__name__} carries no num_classes attribute; give ImageClassifier num_classes=N, or store "
+                "it on the net (self.num_classes), as the architectures in lightning_cnn.models do."
+            )
+        carried_shape = None
+        if hasattr(net, "in_channels") and hasattr(net, "input_size"):
+            carried_shape = (net.in_channels, *net.input_size)
+        input_shape = _from_net(net, "input_shape", input_shape, carried_shape)
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.penalty_in_eval_loss = penalty_in_eval_loss
         self.binary = getattr(net, "num_outputs", num_classes) == 1
         self.preprocessing = Preprocessing.from_dict(preprocessing) if preprocessing else None
-        self.example_input_array = torch.zeros(1, *self.input_shape)
+        self.example_input_array = torch.zeros(1, *self.input_shape) if self.input_shape else None
         if memory_format not in get_args(MemoryFormat):
             raise ValueError(f"memory_format={memory_format!r}; choose one of {list(get_args(MemoryFormat))}.")
         self.memory_format = memory_format
@@ -376,3 +388,21 @@ def _plain_data(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain_data(v) for v in value)
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _from_net(net: nn.Module, name: str, given: Any, carried: Any) -> Any:
+    """``given`` if set, else what the net carries; the two must agree when both are known.
+
+    Raises:
+        ValueError: If ``given`` disagrees with the net.
+    """
+    if given is not None and carried is not None and _as_list(given) != _as_list(carried):
+        raise ValueError(
+            f"{name}={given!r} disagrees with the net's {carried!r} ({type(net).__name__}); leave {name} out: it is "
+            "read from the net."
+        )
+    return given if given is not None else carried
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -6,8 +6,8 @@ normalization); the CLI links it into :class:`~lightning_cnn.ImageClassifier`, w
 every checkpoint — carry it as a plain dict. ``predict`` on new files, :func:`~lightning_cnn.predict.predict_images`
 and :mod:`lightning_cnn.export` read it back from the checkpoint: no data config has to be repeated.
 
-The steps, in order: decode (grayscale ``L`` or ``RGB``), resize to ``image_size`` (antialiased bilinear, the
-same function the in-memory datamodules resize with), scale to [0, 1], repeat a single channel to three when
+The steps, in order: decode with PIL (grayscale ``L`` or ``RGB``), resize to ``image_size`` (antialiased bilinear,
+the same function the in-memory datamodules resize with), scale to [0, 1], repeat a single channel to three when
 ``to_rgb``, then subtract ``mean`` and divide by ``std`` when they are set.
 """
 
@@ -20,13 +20,22 @@ from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["IMAGE_EXTENSIONS", "Preprocessing", "normalize_uint8", "read_image", "resize_normalized", "resize_uint8"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Preprocessing",
+    "list_image_files",
+    "normalize_uint8",
+    "read_image",
+    "resize_normalized",
+    "resize_uint8",
+]
 
-#: File suffixes read as images (case-insensitive).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: File suffixes read as images (case-insensitive): torchvision's ``ImageFolder`` list, plus GIF, which PIL reads.
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 # Images resized per chunk, to bound the float copy's memory on large datasets.
 _RESIZE_CHUNK = 4096
 
@@ -59,8 +68,9 @@ def resize_normalized(
 
 def _resize_pixels(pixels: Tensor, size: tuple[int, int]) -> Tensor:
     """Float pixel values 0-255 → the size, antialiased bilinear, rounded and clamped to whole values."""
-    resized = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return resized.round_().clamp_(0, 255)
+    # Floats, rounded here: torchvision resizes uint8 with a fixed-point kernel on AVX2/ARM CPUs (up to 1 level off the
+    # float result) but through floats on a GPU, so only a float resize gives the same pixels in memory and per batch.
+    return TF.resize(pixels, list(size), antialias=True).round_().clamp_(0, 255)
 
 
 def normalize_uint8(
@@ -76,16 +86,31 @@ def normalize_uint8(
     return x.contiguous()
 
 
+def list_image_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (sub-folders included) with an image suffix, sorted by path."""
+    return sorted(f for f in folder.rglob("*") if f.is_file() and has_file_allowed_extension(f.name, IMAGE_EXTENSIONS))
+
+
 def read_image(path: Union[str, Path], grayscale: bool) -> np.ndarray:
     """Decode an image file as uint8 ``(H, W, C)`` with C = 1 (``L``) or 3 (``RGB``).
 
+    PIL, not ``torchvision.io.decode_image``: that is deprecated since torchvision 0.29, reads no BMP or TIFF, and
+    its grayscale mode weighs colours unlike PIL's ``L`` (which :meth:`Preprocessing.from_array` matches for arrays).
+
     Raises:
-        OSError: If the file cannot be decoded (PIL's ``UnidentifiedImageError`` is one).
+        OSError: If the file cannot be decoded (PIL's ``UnidentifiedImageError`` is one), or would decode to more
+            pixels than PIL's decompression-bomb limit.
     """
     from PIL import Image
 
-    with Image.open(path) as image:
-        array = np.array(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)  # a writable copy for torch
+    try:
+        with Image.open(path) as image:
+            if image.mode.startswith("I;16"):
+                # PIL's "L" conversion clips 16-bit gray at 255 (an almost white image); keep the high byte instead.
+                image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+            array = np.array(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)  # a writable copy for torch
+    except Image.DecompressionBombError as err:  # not an OSError
+        raise OSError(str(err)) from None
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -100,7 +100,11 @@ def _draw(original: Tensor, augmented: Tensor, titles: list[str], heading: str, 
 
 
 def write_preview(
-    datamodule, path: Path, samples: int = 8, variants: int = 5, overwrite: bool = False  # noqa: ANN001
+    datamodule,
+    path: Path,
+    samples: int = 8,
+    variants: int = 5,
+    overwrite: bool = False,  # noqa: ANN001
 ) -> Path:
     """Set up ``datamodule`` for fit, draw its grid and write it to ``path`` (or the first free name beside it unless
     ``overwrite``); return the path written."""

@@ -116,7 +116,10 @@ def _layers(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     for name, child in module.named_children():
         qualified = f"{prefix}{name}"
         if _is_container(child):
-            rows += _layers(child, prefix="" if name in ("backbone", "head") else f"{qualified}.")
+            # backbone/head rows go by their layer names (conv1, dense1…); numbered layers keep the container's
+            # name (backbone.0, head.0), which keeps them apart.
+            named = name in ("backbone", "head") and not any(n.isdigit() for n, _ in child.named_children())
+            rows += _layers(child, prefix="" if named else f"{qualified}.")
         else:
             rows.append((qualified, child))
     return rows

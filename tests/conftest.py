@@ -1,13 +1,24 @@
 """Shared fixtures: tiny datasets written in the real on-disk formats (IDX for MNIST-like sets, pickled batches
-for CIFAR), so the real readers are what the tests exercise, with no network."""
+for CIFAR, image files in class folders), so the real readers are what the tests exercise, with no network.
+
+:data:`FAKE_DATA` holds one writer per registered datamodule; :func:`make_datamodule` and
+:func:`fake_datamodule_kwargs` build any of them by registry name, for the sweeps over ``DATAMODULES``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+# The README's worked examples ("a new architecture or dataset is one file and one YAML") register themselves, so
+# every registry sweep covers them too.
+import examples.extending.kmnist  # noqa: F401
+import examples.extending.tiny_vgg  # noqa: F401
+from lightning_cnn.data import DATAMODULES, ImageDataModule
 from lightning_cnn.data.cifar import write_cifar_batch
 from lightning_cnn.data.mnist import write_idx
 
@@ -54,6 +65,80 @@ def write_fake_cifar(folder: Path, num_classes: int = 10, n_per_batch: int = 40,
         images, labels = make_class_images(rng, n_per_batch, 32, 3, num_classes)
         write_cifar_batch(root / name, images, labels, key)
     return folder
+
+
+#: Class folders :func:`write_fake_image_folder` writes; the class's colour channel is its index modulo 3.
+FOLDER_CLASSES = ("cat", "dog", "fox")
+
+
+def write_fake_image_folder(
+    root: Path, per_class: int, seed: int = 0, suffix: str = ".png", classes: tuple[str, ...] = FOLDER_CLASSES
+) -> Path:
+    """Write one sub-folder of images per class into ``root``: varying sizes, the class's colour channel bright
+    (cat red, dog green, fox blue), and a ``notes.txt`` beside the first class's images that readers must skip."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = rng.integers(20, 60, size=2)
+            pixels = rng.integers(0, 40, size=(h, w, 3), dtype=np.uint8)
+            pixels[..., label % 3] = 220
+            Image.fromarray(pixels).save(folder / f"{i}{suffix}")
+    (root / classes[0] / "notes.txt").write_text("not an image")
+    return root
+
+
+def _image_folder_data(folder: Path) -> dict[str, Any]:
+    write_fake_image_folder(folder / "train", per_class=16, seed=0)
+    write_fake_image_folder(folder / "test", per_class=4, seed=1, suffix=".jpg")
+    return {"data_dir": str(folder)}
+
+
+#: Registry name → a writer of tiny fake data in that datamodule's real format into a folder, returning the
+#: constructor arguments that read it. A datamodule registered without a writer here fails
+#: ``tests/test_data.py::test_every_datamodule_has_a_fake_data_writer``.
+FAKE_DATA: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "mnist": lambda folder: {"data_dir": str(write_fake_mnist(folder))},
+    "fashion_mnist": lambda folder: {"data_dir": str(write_fake_mnist(folder))},
+    "cifar10": lambda folder: {"data_dir": str(write_fake_cifar(folder, 10))},
+    "cifar100": lambda folder: {"data_dir": str(write_fake_cifar(folder, 100, n_per_batch=120))},
+    "image_folder": _image_folder_data,
+}
+
+
+def fake_data_writer(name: str) -> Callable[[Path], dict[str, Any]]:
+    """The writer for the datamodule registered as ``name``: its own in :data:`FAKE_DATA`, else that of the nearest
+    registered class it derives from (a new dataset in MNIST's format is read from fake IDX files, like MNIST).
+
+    Raises:
+        KeyError: If neither the class nor any registered base class has a writer.
+    """
+    registered = {cls: key for key, cls in DATAMODULES.items()}
+    for cls in DATAMODULES[name].__mro__:
+        if registered.get(cls) in FAKE_DATA:
+            return FAKE_DATA[registered[cls]]
+    raise KeyError(f"no fake-data writer for datamodule {name!r}; add one to FAKE_DATA in tests/conftest.py.")
+
+
+def fake_datamodule_kwargs(name: str, folder: Path, **overrides: Any) -> dict[str, Any]:
+    """Constructor arguments of the datamodule registered as ``name``, reading fake data written into ``folder``.
+
+    The registry's offline example (``download=False``, ``image_size``…), then the fake data's own arguments
+    (``data_dir``), then ``overrides``. As ``--data.init_args.<key> <value>`` pairs they serve a CLI run too.
+
+    Raises:
+        KeyError: If ``name`` is not registered, or :data:`FAKE_DATA` has no writer for it.
+    """
+    return {**DATAMODULES.example(name), **fake_data_writer(name)(folder), **overrides}
+
+
+def make_datamodule(name: str, folder: Path, **overrides: Any) -> ImageDataModule:
+    """The datamodule registered as ``name``, built on fake data in its real format written into ``folder``
+    (see :func:`fake_datamodule_kwargs`), e.g. ``make_datamodule("cifar10", tmp_path, batch_size=4)``."""
+    return DATAMODULES[name](**fake_datamodule_kwargs(name, folder, **overrides))
 
 
 def cli_error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:

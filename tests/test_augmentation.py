@@ -4,6 +4,9 @@ train-only application; the shipped configs and the preview command."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+import lightning_cnn.augmentation
 from lightning_cnn import ImageClassifier
 from lightning_cnn.augmentation import (
     SLIDES_IMAGE_DATA_GENERATOR,
     AlbumentationsAugmentation,
     BatchedKerasAugment,
+    ImageDataGeneratorArgs,
     KerasAffine,
     KerasAugmentation,
     KerasParams,
@@ -24,11 +29,11 @@ from lightning_cnn.augmentation import (
     keras_pixel_matrix,
     seed_worker,
 )
+from lightning_cnn.augmentation.pipeline import _CheckedPipeline
 from lightning_cnn.cli import CNNCLI
 from lightning_cnn.data import FashionMNISTDataModule, MNISTDataModule
 from lightning_cnn.models import LeNet
-from lightning_cnn.preview import main as preview_main
-from tests.conftest import CONFIGS, write_fake_mnist
+from tests.conftest import CONFIGS, REPO_ROOT, write_fake_mnist
 
 SLIDES = SLIDES_IMAGE_DATA_GENERATOR
 SHAPES = [(28, 28, 1), (32, 32, 3), (224, 224, 3)]
@@ -98,17 +103,18 @@ def test_keras_zoom_above_one_makes_the_object_smaller(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
-def test_rotation_by_90_degrees_is_a_clockwise_quarter_turn(path):
+def test_rotation_by_90_degrees_is_a_counter_clockwise_quarter_turn(path):
     image = np.random.default_rng(0).integers(0, 256, (28, 28, 1), dtype=np.uint8)
     out = PATHS[path](image, angle=90)
-    np.testing.assert_allclose(out, np.rot90(image, k=-1), atol=0.01)  # Keras' positive angle, rows pointing down
+    # Keras 3's positive angle, as on screen (rows pointing down); benchmarks/keras_augment_check.py checks it
+    np.testing.assert_allclose(out, np.rot90(image, k=1), atol=0.01)
 
 
 def test_small_rotation_turns_a_marker_about_the_centre():
     image = marker_image(size=29, row=14, col=24)  # 10 px right of the centre (14, 14)
     for path in PATHS.values():
         r, c = centroid(path(image, angle=30))
-        assert (r, c) == pytest.approx((14 + 10 * np.sin(np.radians(30)), 14 + 10 * np.cos(np.radians(30))), abs=0.15)
+        assert (r, c) == pytest.approx((14 - 10 * np.sin(np.radians(30)), 14 + 10 * np.cos(np.radians(30))), abs=0.15)
 
 
 def test_flips():
@@ -194,7 +200,7 @@ def test_albumentations_own_serialisation_round_trips():
     original = keras_pipeline(**SLIDES)
     rebuilt = build_pipeline(A.to_dict(original), seed=3)
     assert [type(t).__name__ for t in rebuilt.transforms] == ["KerasAffine", "HorizontalFlip", "VerticalFlip"]
-    assert rebuilt.transforms[0].rotation_range == 20
+    assert rebuilt.transforms[0].keras.rotation_range == 20
 
 
 @pytest.mark.parametrize(
@@ -236,6 +242,31 @@ def test_bad_keras_arguments_fail_clearly(kwargs, message):
         KerasAugmentation(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rotation_range": -3}, r"^rotation_range=-3; use degrees >= 0"),
+        ({"width_shift_range": "0.1"}, r"^width_shift_range='0.1'; use a number >= 0: a fraction of the width"),
+        ({"height_shift_range": True}, r"^height_shift_range=True; use a number >= 0"),
+        ({"zoom_range": 1.5}, r"^zoom_range=1.5; use a float in \[0, 1\) or a pair"),
+        ({"zoom_range": (1.2, 0.8)}, r"^zoom_range=\[1.2, 0.8\]; use a float in \[0, 1\) or a pair \[lower, upper\]"),
+        ({"fill_mode": "edge"}, r"^fill_mode='edge'; choose one of 'nearest', 'constant', 'reflect', 'wrap'"),
+    ],
+)
+def test_keras_arguments_are_checked_in_one_place_with_a_one_line_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message) as err:
+        ImageDataGeneratorArgs(**kwargs)
+    assert "\n" not in str(err.value)
+    for build in (KerasAffine, keras_pipeline, BatchedKerasAugment, KerasAugmentation):  # all take them from there
+        with pytest.raises(ValueError, match=message):
+            build(**kwargs)
+
+
+def test_keras_affine_refuses_the_flips_it_does_not_apply():
+    with pytest.raises(ValueError, match=r"KerasAffine does not flip; follow it with HorizontalFlip"):
+        build_pipeline([{"KerasAffine": {"rotation_range": 10, "horizontal_flip": True}}])
+
+
 def test_a_size_changing_pipeline_fails_at_the_first_batch_with_the_fix(mnist_dir):
     dm = FashionMNISTDataModule(
         data_dir=str(mnist_dir),
@@ -246,6 +277,60 @@ def test_a_size_changing_pipeline_fails_at_the_first_batch_with_the_fix(mnist_di
     dm.setup("fit")
     with pytest.raises(ValueError, match=r"must keep uint8 and the image size.*data.image_size"):
         next(iter(dm.train_dataloader()))
+
+
+# --- the package: its names, what importing it costs and changes -------------------------------------------------
+
+
+def test_the_package_exports_only_public_names_and_all_of_them_import():
+    names = lightning_cnn.augmentation.__all__
+    assert names and not [name for name in names if name.startswith("_")]
+    for name in names:  # the Albumentations ones load on first use
+        assert getattr(lightning_cnn.augmentation, name) is not None
+
+
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict:
+    """What importing does, in a fresh interpreter (one for all checks: each start imports Lightning)."""
+    code = """if True:
+        import json, sys
+        import lightning_cnn.augmentation.batched
+        batched_loads = [name for name in ("albumentations", "cv2") if name in sys.modules]
+        import lightning_cnn.augmentation
+        package_loads = [name for name in ("albumentations", "cv2") if name in sys.modules]
+        import cv2
+        cv2.setNumThreads(3)
+        import lightning_cnn.augmentation.per_sample, lightning_cnn.augmentation.pipeline
+        print(json.dumps({"batched": batched_loads, "package": package_loads, "threads": cv2.getNumThreads()}))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_the_batched_path_and_the_package_import_without_albumentations_or_opencv(fresh_imports):
+    assert fresh_imports["batched"] == [] and fresh_imports["package"] == []
+
+
+def test_importing_leaves_opencv_threads_alone_and_a_pipeline_call_restores_them(fresh_imports):
+    import albumentations as A
+    import cv2
+
+    assert fresh_imports["threads"] == 3
+    seen = []
+
+    def record_threads(image: np.ndarray, **params) -> np.ndarray:
+        seen.append(cv2.getNumThreads())
+        return image
+
+    pipeline = _CheckedPipeline(A.Compose([A.Lambda(image=record_threads)]))
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        pipeline(marker_image())
+        # Inside, OpenCV runs sequentially (setNumThreads(0), which it reports as 1 thread); after, the user's 3.
+        assert seen == [1] and cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
 
 
 # --- seeding ---------------------------------------------------------------------------------------------------------
@@ -361,14 +446,21 @@ def test_datamodule_augments_1_and_3_channel_inputs_of_any_size(mnist_dir, mode,
     assert x.shape == (16, 3 if to_rgb else 1, side, side) and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("config", ["augment_lenet_fashion_mnist.yaml", "augment_lenet_fashion_mnist_batched.yaml"])
-def test_augmentation_configs_fit_a_few_batches(config, in_tmp):
+# The slides' experiment, and the same with the overlay that moves its augmentation onto the device.
+AUGMENT_CONFIGS = {
+    "per_sample": ["--config", str(CONFIGS / "augment_lenet_fashion_mnist.yaml")],
+    "batched": ["--config", str(CONFIGS / "augment_lenet_fashion_mnist.yaml"),
+                "--config", str(CONFIGS / "augmentation" / "batched.yaml")],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", AUGMENT_CONFIGS)
+def test_augmentation_configs_fit_a_few_batches(mode, in_tmp):
     data = write_fake_mnist(in_tmp / "fmnist")
     cli = CNNCLI(
         args=[
             "fit",
-            "--config",
-            str(CONFIGS / config),
+            *AUGMENT_CONFIGS[mode],
             "--trainer",
             str(CONFIGS / "trainer" / "smoke.yaml"),
             "--data.init_args.data_dir",
@@ -383,7 +475,7 @@ def test_augmentation_configs_fit_a_few_batches(config, in_tmp):
     )
     assert cli.trainer.state.finished and cli.trainer.global_step == 4
     augmentation = cli.datamodule.augmentation
-    assert isinstance(augmentation, KerasAugmentation)
+    assert isinstance(augmentation, KerasAugmentation) and augmentation.mode == mode
     assert (augmentation.rotation_range, augmentation.zoom_range, augmentation.width_shift_range) == (20, 0.15, 0.1)
     assert augmentation.horizontal_flip and augmentation.vertical_flip and cli.datamodule.batch_size == 16
     if augmentation.mode == "batched":
@@ -395,8 +487,8 @@ def test_augmentation_configs_fit_a_few_batches(config, in_tmp):
 def test_preview_writes_a_png_and_never_overwrites(in_tmp, capsys):
     data = write_fake_mnist(in_tmp / "fmnist", n_train=40, n_test=10)
     args = [
-        "--config",
-        str(CONFIGS / "augment_lenet_fashion_mnist_batched.yaml"),
+        "preview",
+        *AUGMENT_CONFIGS["batched"],
         "--samples",
         "3",
         "--variants",
@@ -406,22 +498,27 @@ def test_preview_writes_a_png_and_never_overwrites(in_tmp, capsys):
         "--data.init_args.download",
         "false",
     ]
-    first = preview_main(args)
-    assert first == Path("runs/preview/augment_lenet_fashion_mnist_batched.png")
+
+    def preview(*more: str) -> Path:  # the path it printed
+        CNNCLI(args=[*args, *more])
+        return Path(capsys.readouterr().out.strip().splitlines()[-1])
+
+    first = preview()
+    assert first.parent == Path("runs/preview") and first.suffix == ".png"
     assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert str(first) in capsys.readouterr().out
     before = first.stat().st_mtime_ns
-    second = preview_main(args)
+    second = preview()
     assert second != first and second.exists() and first.stat().st_mtime_ns == before
     out = in_tmp / "mine.png"
-    assert preview_main([*args, "--out", str(out)]) == out
-    assert preview_main([*args, "--out", str(out), "--overwrite"]) == out
+    assert preview("--out", str(out)) == out
+    assert preview("--out", str(out), "--overwrite", "true") == out
 
 
 def test_preview_of_a_config_without_augmentation_says_what_to_set(in_tmp):
     data = write_fake_mnist(in_tmp / "fmnist", n_train=40, n_test=10)
     with pytest.raises(ValueError, match="no training augmentation; set data.init_args.augmentation"):
-        preview_main(["--config", str(CONFIGS / "lenet_fashion_mnist.yaml"), "--data.init_args.data_dir", str(data)])
+        CNNCLI(args=["preview", "--config", str(CONFIGS / "lenet_fashion_mnist.yaml"),
+                     "--data.init_args.data_dir", str(data)])  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["per_sample", "batched"])
@@ -450,3 +547,15 @@ def test_preview_variants_differ_and_match_the_model_input_size(mnist_dir, mode)
     original, augmented, _ = preview_grid(dm, samples=4, variants=3)
     assert original.shape == (4, 40, 40, 1) and augmented.shape == (3, 4, 40, 40, 1)
     assert not torch.equal(augmented[0], augmented[1]) and not torch.equal(augmented[1], augmented[2])
+
+
+@pytest.mark.parametrize("shift_range,expected", [(3, {-2, -1, 0, 1, 2}), (1, {0})])
+def test_an_int_shift_range_draws_whole_pixels_as_keras(shift_range, expected):
+    # Keras: np.random.choice(n) * choice([-1, 1]) for an int range n >= 1 (so 1 never shifts); a float is uniform.
+    args = ImageDataGeneratorArgs(width_shift_range=shift_range, height_shift_range=2.5)
+    params = args.params_from_uniform(np.random.default_rng(0).random((4000, 5)), 28, 28)
+    assert set(np.unique(params.shift_x).tolist()) == expected
+    assert len(np.unique(params.shift_y)) > 100 and np.abs(params.shift_y).max() <= 2.5
+    if shift_range == 3:  # each whole pixel about equally often, 0 twice as often as each signed value
+        counts = {v: int((params.shift_x == v).sum()) for v in expected}
+        assert counts[0] == pytest.approx(4000 / 3, rel=0.1) and counts[2] == pytest.approx(4000 / 6, rel=0.15)

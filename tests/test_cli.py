@@ -17,7 +17,7 @@ from lightning_cnn.cli import CNNCLI
 from tests.conftest import CONFIGS, REPO_ROOT, write_fake_cifar, write_fake_mnist
 
 # Experiments are the YAML files at the top of configs/ and in its sub-folders other than the reusable pieces.
-PIECES = {"data", "trainer"}
+PIECES = {"augmentation", "callbacks", "data", "model", "trainer"}
 EXPERIMENTS = sorted(
     p for p in CONFIGS.rglob("*.yaml") if p.parent == CONFIGS or p.relative_to(CONFIGS).parts[0] not in PIECES
 )
@@ -39,7 +39,10 @@ OFFLINE_OVERRIDES: dict[str, list[str]] = {
 
 
 def _data_class(config: Path) -> str:
-    return yaml.safe_load(config.read_text())["data"]["class_path"]
+    data = yaml.safe_load(config.read_text())["data"]
+    if isinstance(data, str):  # a piece, named relative to the experiment's file
+        data = yaml.safe_load((config.parent / data).read_text())
+    return data["class_path"]
 
 
 def _fake_data_for(config: Path, root: Path) -> list[str]:

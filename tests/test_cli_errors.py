@@ -39,9 +39,11 @@ BN_CNN_CIFAR = CONFIGS / "bn_cnn_cifar10.yaml"
 VGG16 = CONFIGS / "vgg16_finetune_cifar10.yaml"
 SMALL_NET = ["--data.init_args.image_size", "32", "--model.init_args.net.init_args.arch", "mobilenet_v3_small"]
 # SGD at lr 0.05, multiplied by 1e8 each epoch: epoch 0 trains, then the weights blow up.
-DIVERGING = ["--trainer.max_epochs", "4", "--optimizer", "torch.optim.SGD", "--optimizer.init_args.lr", "0.05",
-             "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.init_args.step_size", "1",
-             "--lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
+DIVERGING = ["--trainer.max_epochs", "4", "--model.init_args.optimizer", "torch.optim.SGD",
+             "--model.init_args.optimizer.init_args.lr", "0.05",
+             "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+             "--model.init_args.lr_scheduler.init_args.step_size", "1",
+             "--model.init_args.lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
 NEGATIVE_ROTATION = ["--data.init_args.augmentation", "lightning_cnn.augmentation.KerasAugmentation",
                      "--data.init_args.augmentation.init_args.rotation_range", "-5"]  # fmt: skip
 

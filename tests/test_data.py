@@ -20,7 +20,7 @@ from lightning_cnn.data import (
     MNISTDataModule,
 )
 from lightning_cnn.data.mnist import read_idx, write_idx
-from tests.conftest import FASHION_MNIST_SYSTEM_DIR, write_fake_cifar, write_fake_mnist
+from tests.conftest import FAKE_DATA, FASHION_MNIST_SYSTEM_DIR, fake_data_writer, make_datamodule, write_fake_mnist
 
 
 def _ready(dm):
@@ -186,14 +186,16 @@ def test_data_dir_wins_over_the_system_copy(tmp_path):
     assert FashionMNISTDataModule(data_dir=str(tmp_path)).locate() == tmp_path
 
 
+def test_every_datamodule_has_a_fake_data_writer():
+    # Without one, a new dataset would escape every sweep that builds datamodules from fake files.
+    for name in DATAMODULES:
+        fake_data_writer(name)  # KeyError naming the datamodule and where to add its writer
+    assert set(FAKE_DATA) <= set(DATAMODULES), "FAKE_DATA names a datamodule that is not registered"
+
+
 @pytest.mark.parametrize("name", sorted(DATAMODULES))
 def test_every_datamodule_builds_from_its_real_format(tmp_path, name):
-    cls = DATAMODULES[name]
-    if cls.channels == 1:
-        write_fake_mnist(tmp_path)
-    else:
-        write_fake_cifar(tmp_path, len(cls.class_names), n_per_batch=120)
-    dm = _ready(cls(data_dir=str(tmp_path), download=False, batch_size=4))
+    dm = _ready(make_datamodule(name, tmp_path, batch_size=4))
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, *dm.dims) and len(dm.class_names) == dm.num_classes
     assert isinstance(dm.locate(), Path)

@@ -81,7 +81,8 @@ def write_experiment(
         "model": {
             "class_path": "lightning_cnn.ImageClassifier",
             "init_args": {
-                "net": {"class_path": "lightning_cnn.models.LeNet", "init_args": {"dense_dropout": dense_dropout}}
+                "net": {"class_path": "lightning_cnn.models.LeNet", "init_args": {"dense_dropout": dense_dropout}},
+                "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
             },
         },
         "data": {
@@ -94,7 +95,6 @@ def write_experiment(
                 "num_workers": 0,
             },
         },
-        "optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05, "momentum": 0.9}},
         "trainer": {
             "max_epochs": max_epochs,
             "deterministic": True,

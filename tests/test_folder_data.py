@@ -9,30 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_cnn.data import DataNotFoundError, ImageFolderDataModule
-
-CLASSES = ("cat", "dog", "fox")
-
-
-def write_folder(root: Path, per_class: int, seed: int = 0, suffix: str = ".png", classes=CLASSES) -> Path:
-    """Images of varying sizes whose colour encodes the class (cat red, dog green, fox blue)."""
-    rng = np.random.default_rng(seed)
-    for label, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            h, w = rng.integers(20, 60, size=2)
-            pixels = rng.integers(0, 40, size=(h, w, 3), dtype=np.uint8)
-            pixels[..., label % 3] = 220
-            Image.fromarray(pixels).save(folder / f"{i}{suffix}")
-    (root / CLASSES[0] / "notes.txt").write_text("not an image")
-    return root
+from lightning_cnn.data import CorruptDataError, DataNotFoundError, ImageFolderDataModule
+from lightning_cnn.preprocessing import read_image
+from tests.conftest import FOLDER_CLASSES, write_fake_image_folder
 
 
 def test_class_folders_only_are_split_by_seed(tmp_path):
-    write_folder(tmp_path / "pets", per_class=10)
+    write_fake_image_folder(tmp_path / "pets", per_class=10)
+    write_fake_image_folder(tmp_path / "pets" / ".thumbnails", per_class=1)  # a hidden folder is no class
     dm = ImageFolderDataModule(str(tmp_path / "pets"), image_size=16, val_split=0.2, batch_size=8)
-    assert dm.num_classes == 3 and dm.label_names == list(CLASSES) and dm.dims == (3, 16, 16)
+    assert dm.num_classes == 3 and dm.label_names == list(FOLDER_CLASSES) and dm.dims == (3, 16, 16)
     with pytest.warns(UserWarning, match="no test/ folder"):
         dm.setup("fit")
     assert (len(dm.train_set), len(dm.val_set)) == (24, 6)
@@ -45,9 +31,9 @@ def test_class_folders_only_are_split_by_seed(tmp_path):
 
 def test_train_val_test_folders(tmp_path):
     root = tmp_path / "ds"
-    write_folder(root / "train", 6, seed=0, suffix=".jpg")
-    write_folder(root / "val", 2, seed=1)
-    write_folder(root / "test", 3, seed=2, classes=CLASSES[:2])  # a test set may lack a class
+    write_fake_image_folder(root / "train", 6, seed=0, suffix=".jpg")
+    write_fake_image_folder(root / "val", 2, seed=1)
+    write_fake_image_folder(root / "test", 3, seed=2, classes=FOLDER_CLASSES[:2])  # a test set may lack a class
     dm = ImageFolderDataModule(str(root), image_size=(12, 20), grayscale=True, normalize=False, val_split=0.5)
     dm.setup("fit")
     assert dm.dims == (1, 12, 20)
@@ -58,7 +44,7 @@ def test_train_val_test_folders(tmp_path):
 
 
 def test_normalize_from_weights_takes_size_and_statistics_from_the_weights(tmp_path):
-    write_folder(tmp_path / "pets", per_class=2)
+    write_fake_image_folder(tmp_path / "pets", per_class=2)
     dm = ImageFolderDataModule(str(tmp_path / "pets"), normalize_from_weights="ResNet18_Weights.IMAGENET1K_V1")
     assert dm.image_size == (224, 224)
     dm_small = ImageFolderDataModule(
@@ -71,7 +57,7 @@ def test_normalize_from_weights_takes_size_and_statistics_from_the_weights(tmp_p
 
 
 def test_classes_subset(tmp_path):
-    write_folder(tmp_path / "pets", per_class=4)
+    write_fake_image_folder(tmp_path / "pets", per_class=4)
     dm = ImageFolderDataModule(str(tmp_path / "pets"), image_size=8, classes=[2, 0], val_split=0.25)
     assert dm.num_classes == 2 and dm.label_names == ["fox", "cat"]
     with pytest.warns(UserWarning):
@@ -86,7 +72,7 @@ def test_classes_subset(tmp_path):
     [
         (lambda root: None, {"image_size": 8}, DataNotFoundError, "does not exist"),
         (lambda root: root.mkdir(), {"image_size": 8}, DataNotFoundError, "no class sub-folders"),
-        (lambda root: write_folder(root, 2), {}, ValueError, "image_size is not set"),
+        (lambda root: write_fake_image_folder(root, 2), {}, ValueError, "image_size is not set"),
     ],
 )
 def test_bad_folders_fail_with_the_fix(tmp_path, make, kwargs, error, match):
@@ -97,8 +83,8 @@ def test_bad_folders_fail_with_the_fix(tmp_path, make, kwargs, error, match):
 
 def test_unknown_class_in_val_and_corrupt_image(tmp_path):
     root = tmp_path / "ds"
-    write_folder(root / "train", 2, classes=CLASSES[:2])
-    write_folder(root / "val", 1)
+    write_fake_image_folder(root / "train", 2, classes=FOLDER_CLASSES[:2])
+    write_fake_image_folder(root / "val", 1)
     dm = ImageFolderDataModule(str(root), image_size=8)
     with pytest.raises(ValueError, match=r"classes \['fox'\]"):
         dm.setup("fit")
@@ -107,3 +93,36 @@ def test_unknown_class_in_val_and_corrupt_image(tmp_path):
     (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(Exception, match="broken.png cannot be read as an image"):
         ImageFolderDataModule(str(root), image_size=8).setup("fit")
+
+
+def _write_unreadable(path: Path) -> None:
+    """A file with an image suffix that no decoder should accept, named for what is wrong with it."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(100, 100, 3), dtype=np.uint8)
+    if path.stem == "truncated":
+        Image.fromarray(pixels).save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif path.stem == "text":
+        path.write_text("just some text\n")
+    elif path.stem == "empty":
+        path.write_bytes(b"")
+    else:  # "bomb": more pixels than PIL's decompression-bomb limit, which the test lowers
+        Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.parametrize("name", ["truncated.png", "truncated.jpg", "text.png", "empty.jpg", "bomb.png"])
+def test_an_unreadable_image_is_one_line_naming_it(tmp_path, monkeypatch, name):
+    root = write_fake_image_folder(tmp_path / "pets", per_class=2)
+    _write_unreadable(root / "dog" / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60 * 60)  # refused above twice that: only the 100×100 image
+    with pytest.raises(CorruptDataError, match=rf"dog/{name} cannot be read as an image .*; fix or remove it") as err:
+        ImageFolderDataModule(str(root), image_size=8).setup("fit")
+    assert "\n" not in str(err.value)
+
+
+def test_16_bit_gray_keeps_its_high_byte(tmp_path):
+    # PIL alone clips 16-bit levels at 255, which turns a 16-bit scan almost white.
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.array([[0, 255, 256, 30000, 65535]], dtype=np.uint16)).save(path)
+    expected = [0, 0, 1, 117, 255]
+    assert read_image(path, grayscale=True)[0, :, 0].tolist() == expected
+    assert read_image(path, grayscale=False)[0].tolist() == [[v] * 3 for v in expected]

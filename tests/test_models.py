@@ -1,4 +1,5 @@
-"""Architectures: Keras oracle parameter counts, shapes and gradients over the whole registry, options."""
+"""Architectures: Keras oracle parameter counts, shapes, gradients, summaries and state dicts over the whole registry,
+options (stride, pooling type and stride with Keras' output sizes)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from lightning_cnn.models import ARCHITECTURES, BatchNormCNN, ConvNet, FunctionalCNN, LeNet
-from lightning_cnn.models.layers import KERAS_BN_EPS, KERAS_BN_MOMENTUM, Conv2D, Dense
+from lightning_cnn.models.layers import KERAS_BN_EPS, KERAS_BN_MOMENTUM, Conv2D, Dense, keras_same_padding
 from lightning_cnn.summary import keras_summary
 
 # Keras 3's own counts for the slides' code (see the Keras parity notes): total, trainable, non-trainable.
@@ -31,22 +32,117 @@ def test_parameter_counts_match_keras(arch):
     assert sum(p.numel() for p in net.parameters()) == trainable
 
 
+def _build(name: str, in_channels: int = 1, size: int = 32, num_classes: int = 10) -> nn.Module:
+    return ARCHITECTURES[name](
+        **ARCHITECTURES.example(name), in_channels=in_channels, num_classes=num_classes, input_size=(size, size)
+    )
+
+
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("in_channels,size,num_classes", [(1, 28, 10), (3, 32, 7), (1, 64, 2)])
 def test_forward_backward_over_registry(name, in_channels, size, num_classes):
     torch.manual_seed(0)
-    net = ARCHITECTURES[name](
-        **ARCHITECTURES.example(name), in_channels=in_channels, num_classes=num_classes, input_size=(size, size)
-    )
+    net = _build(name, in_channels, size, num_classes)
     x = torch.randn(3, in_channels, size, size)
     out = net(x)
     assert out.shape == (3, net.num_outputs)
-    assert net.num_outputs == (1 if num_classes == 2 else num_classes)
+    assert net.num_outputs in ((1, 2) if num_classes == 2 else (num_classes,))  # one logit or two for binary
     out.sum().backward()
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     net.eval()  # dropout off: the two paths must agree exactly
     assert torch.equal(net(x), net.head(net.backbone(x)))
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_keras_summary_builds_over_registry(name):
+    net = _build(name)
+    summary = keras_summary(net, (1, 32, 32))
+    assert summary.rows and all(row.output_shape is not None for row in summary.rows)
+    assert summary.rows[-1].output_shape == (None, net.num_outputs)
+    assert summary.trainable_params == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert "Total params:" in str(summary)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_state_dict_round_trips_over_registry(name):
+    torch.manual_seed(0)
+    source = _build(name).eval()
+    torch.manual_seed(1)
+    target = _build(name).eval()
+    target.load_state_dict(source.state_dict(), strict=True)
+    x = torch.randn(2, 1, 32, 32)
+    assert torch.equal(target(x), source(x))
+
+
+# Output sides computed by Keras 3.15.1 itself (Conv2D(2, k, strides=s, padding=...) and MaxPooling2D /
+# AveragePooling2D(p, strides=s) on an n×n input); each also equals Keras' formula, checked below.
+KERAS_CONV_SIDES = [  # (n, kernel, stride, padding, Keras' output side)
+    (28, 3, 2, "same", 14),
+    (7, 3, 2, "same", 4),
+    (28, 4, 2, "same", 14),
+    (28, 5, 3, "same", 10),
+    (9, 4, 3, "same", 3),
+    (10, 2, 2, "same", 5),
+    (5, 1, 2, "same", 3),
+    (28, 3, 2, "valid", 13),
+]
+KERAS_POOL_SIDES = [  # (n, pool_size, strides (None: pool_size), type, Keras' output side)
+    (28, 3, 2, "max", 13),
+    (7, 2, None, "avg", 3),
+    (13, 3, 2, "avg", 6),
+    (28, 2, 1, "max", 27),
+    (9, 4, 3, "avg", 2),
+]
+
+
+@pytest.mark.parametrize("n,kernel,stride,padding,keras_side", KERAS_CONV_SIDES)
+def test_conv_stride_and_padding_give_keras_output_size(n, kernel, stride, padding, keras_side):
+    formula = -(-n // stride) if padding == "same" else (n - kernel) // stride + 1  # Keras' conv_output_length
+    assert formula == keras_side
+    net = ConvNet(input_size=(n, n), filters=[2], kernel_size=kernel, stride=stride, padding=padding, pool_size=0)
+    assert net.backbone(torch.zeros(1, 1, n, n)).shape[-2:] == (keras_side, keras_side)
+
+
+@pytest.mark.parametrize("n,pool_size,pool_stride,pool_type,keras_side", KERAS_POOL_SIDES)
+def test_pooling_type_and_stride_give_keras_output_size(n, pool_size, pool_stride, pool_type, keras_side):
+    assert (n - pool_size) // (pool_stride or pool_size) + 1 == keras_side  # "valid": floor, no padding
+    net = ConvNet(input_size=(n, n), filters=[2], kernel_size=1, pool_type=pool_type, pool_size=pool_size,
+                  pool_stride=pool_stride)  # fmt: skip
+    pool = net.backbone.pool1
+    assert isinstance(pool, nn.MaxPool2d if pool_type == "max" else nn.AvgPool2d)
+    assert net.backbone(torch.zeros(1, 1, n, n)).shape[-2:] == (keras_side, keras_side)
+    assert keras_summary(net).rows[1].type_name == ("MaxPooling2D" if pool_type == "max" else "AveragePooling2D")
+
+
+def test_strided_same_padding_puts_the_odd_pixel_at_the_bottom_right_as_keras():
+    # 9×10 input, kernel 4, stride 2: Keras pads 3 rows (1 top, 2 bottom) and 2 columns (1 left, 1 right). The
+    # outputs also matched Keras 3.15.1's Conv2D(padding="same", strides=2) on the same weights to 3e-7.
+    assert keras_same_padding(9, 4, 2) == (1, 2) and keras_same_padding(10, 4, 2) == (1, 1)
+    torch.manual_seed(0)
+    conv = Conv2D(2, 3, 4, stride=2, padding="same", activation="linear")
+    x = torch.randn(1, 2, 9, 10)
+    expected = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 2)), conv.layer.weight, conv.layer.bias, stride=2)
+    assert torch.allclose(conv(x), expected)
+    assert conv(x).shape[-2:] == (5, 5)
+
+
+def test_stride_per_layer_and_strided_model_matches_keras_counts():
+    # Keras 3.15.1: Conv2D(8, 3, strides=2, "same") → AveragePooling2D(3, 2) → Conv2D(16, 3, "same") →
+    # AveragePooling2D(3, 2) → Flatten → Dense 32 → Dense 10 on 28×28×1: these shapes, 3,658 parameters.
+    net = ConvNet(filters=[8, 16], kernel_size=3, stride=[2, 1], padding="same", pool_type="avg", pool_size=3,
+                  pool_stride=2, dense_units=[32])  # fmt: skip
+    summary = keras_summary(net, (1, 28, 28))
+    assert [(r.output_shape, r.params) for r in summary.rows] == [
+        ((None, 8, 14, 14), 80),
+        ((None, 8, 6, 6), 0),
+        ((None, 16, 6, 6), 1168),
+        ((None, 16, 2, 2), 0),
+        ((None, 64), 0),
+        ((None, 32), 2080),
+        ((None, 10), 330),
+    ]
+    assert summary.total_params == 3658
 
 
 def test_bn_cnn_layer_table_matches_slides():
@@ -113,8 +209,16 @@ def test_keras_switches():
         ({"input_size": (6, 6)}, "input_size"),
         ({"num_classes": 1}, "num_classes=1"),
         ({"layer_regularizers": {"conv9": {}}}, "conv9"),
+        ({"pool_type": "min"}, r"pool_type='min' is not a pooling type; choose one of \['avg', 'max'\]"),
+        (
+            {"stride": [1, 2, 1]},
+            r"stride=\[1, 2, 1\] has 3 values but the model has 2 such layers; give one value or 2",
+        ),
+        ({"stride": 0}, "stride=0"),
+        ({"pool_stride": 0}, "pool_stride=0"),
     ],
 )
 def test_bad_options_fail_with_the_value_and_fix(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         LeNet(**kwargs)
+    assert "\n" not in str(err.value)

@@ -1,7 +1,9 @@
 """LightningDataModules for the course's datasets; all share :class:`ImageDataModule`."""
 
-from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageDataModule, InMemoryImageDataset
+from lightning_cnn.data.base import ImageDataModule
 from lightning_cnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
+from lightning_cnn.data.dataset import InMemoryImageDataset
+from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
 from lightning_cnn.data.files import ImageFilesDataModule
 from lightning_cnn.data.folder import ImageFolderDataModule
 from lightning_cnn.data.mnist import FashionMNISTDataModule, MNISTDataModule

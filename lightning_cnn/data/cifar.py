@@ -14,7 +14,9 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
-from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule, check_label_range
+from lightning_cnn.data.base import ImageDataModule
+from lightning_cnn.data.dataset import ImageArrays, check_label_range
+from lightning_cnn.data.errors import CorruptDataError
 from lightning_cnn.registry import DATAMODULES
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule", "read_cifar_batch", "write_cifar_batch"]
@@ -84,7 +86,7 @@ _CIFAR100_NAMES = """
 """
 
 
-@DATAMODULES.register("cifar10")
+@DATAMODULES.register("cifar10", download=False)
 class CIFAR10DataModule(ImageDataModule):
     """CIFAR-10: 50,000 train + 10,000 test 32×32 RGB images in 10 classes.
 
@@ -126,7 +128,7 @@ class CIFAR10DataModule(ImageDataModule):
         getattr(torchvision.datasets, self._torchvision_name)(str(folder), train=True, download=True)
 
 
-@DATAMODULES.register("cifar100")
+@DATAMODULES.register("cifar100", download=False)
 class CIFAR100DataModule(CIFAR10DataModule):
     """CIFAR-100: CIFAR-10's format with 100 fine-grained classes (``fine_labels``). Options: see
     :class:`~lightning_cnn.data.base.ImageDataModule`.

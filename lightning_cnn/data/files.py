@@ -23,8 +23,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_cnn.checkpoints import checkpoint_preprocessing
-from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, InMemoryImageDataset, _collate_batch
-from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, Preprocessing
+from lightning_cnn.data.dataset import InMemoryImageDataset, _collate_batch
+from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
+from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, Preprocessing, list_image_files
 
 __all__ = ["ImageFilesDataModule", "PredictionInputs", "load_inputs"]
 
@@ -44,10 +45,6 @@ class PredictionInputs:
         self.skipped = skipped
 
 
-def _list_image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def load_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]], preprocessing: Preprocessing) -> PredictionInputs:
     """Read ``inputs`` — a folder, an image file, an ``.npy`` array, or a list of image files — and resize them to
     ``preprocessing``'s size and channels.
@@ -61,7 +58,7 @@ def load_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]], preprocess
         if path.suffix.lower() == ".npy":
             return _load_array(path, preprocessing)
         if path.is_dir():
-            files = _list_image_files(path)
+            files = list_image_files(path)
             if not files:
                 raise DataNotFoundError(
                     f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)}, in sub-folders too); point "

@@ -16,17 +16,17 @@ is ``N × H × W × C`` bytes (1,000 RGB images at 224×224 take 150 MB). For fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_cnn.augmentation import Augmentation
-from lightning_cnn.data.base import CorruptDataError, DataNotFoundError, ImageArrays, ImageDataModule
-from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, read_image, resize_uint8
+from lightning_cnn.data.base import ImageDataModule
+from lightning_cnn.data.dataset import ImageArrays
+from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
+from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, list_image_files, read_image, resize_uint8
 from lightning_cnn.registry import DATAMODULES
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataModule"]
@@ -35,18 +35,15 @@ _SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid", "validation"), "test
 
 
 def _class_dirs(root: Path) -> list[Path]:
+    # Not torchvision's find_classes: it takes hidden folders (.git, .ipynb_checkpoints) for classes.
     return sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _classes_with_images(train_dir: Path) -> tuple[str, ...]:
     """The class folders that hold training images; empty ones are named in a warning and left out, so the network
     never gets an output for a class it cannot learn."""
     folders = _class_dirs(train_dir)
-    empty = [d.name for d in folders if not _image_files(d)]
+    empty = [d.name for d in folders if not list_image_files(d)]
     if empty:
         rank_zero_warn(
             f"{train_dir}: class folder(s) {empty} hold no images and are left out (no output for them); add "
@@ -55,7 +52,7 @@ def _classes_with_images(train_dir: Path) -> tuple[str, ...]:
     return tuple(d.name for d in folders if d.name not in empty)
 
 
-@DATAMODULES.register("image_folder")
+@DATAMODULES.register("image_folder", image_size=32)
 class ImageFolderDataModule(ImageDataModule):
     """Images in class sub-folders (``train``/``val``/``test`` folders, or class folders only, split by seed).
 
@@ -84,38 +81,27 @@ class ImageFolderDataModule(ImageDataModule):
         image_size: Union[int, tuple[int, int], None] = None,
         grayscale: bool = False,
         batch_size: int = 32,
-        num_workers: Optional[int] = None,
         val_split: Union[int, float] = 0.2,
-        val_split_mode: Literal["random", "last"] = "random",
-        train_size: Union[int, float, None] = None,
-        normalize: bool = True,
-        normalize_from_weights: Optional[str] = None,
-        classes: Optional[list[int]] = None,
-        to_rgb: bool = False,
-        seed: int = 42,
-        pin_memory: Optional[bool] = None,
-        persistent_workers: Optional[bool] = None,
-        train_transform: Optional[Callable[..., dict[str, Any]]] = None,
-        global_batch_size: Optional[int] = None,
-        augmentation: Optional[Augmentation] = None,
+        **kwargs: Any,
     ) -> None:
         # Known before the base class checks `classes` and before the CLI links num_classes into the model.
         self.root = Path(data_dir).expanduser()
         self.split_dirs = self._split_dirs(self.root)
         self.class_names = _classes_with_images(self.split_dirs["train"])
         self.channels = 1 if grayscale else 3
-        if image_size is None and not normalize_from_weights:
+        if image_size is None and not kwargs.get("normalize_from_weights"):
             raise ValueError(
                 f"image_size is not set for {self.root}; folder images differ in size, so give data.image_size "
                 "(e.g. 224) or data.normalize_from_weights to use the pretrained weights' input size."
             )
         super().__init__(
-            data_dir=data_dir, batch_size=batch_size, num_workers=num_workers, val_split=val_split,
-            val_split_mode=val_split_mode, train_size=train_size, normalize=normalize,
-            normalize_from_weights=normalize_from_weights, image_size=image_size, classes=classes, to_rgb=to_rgb,
-            seed=seed, download=False, pin_memory=pin_memory, persistent_workers=persistent_workers,
-            train_transform=train_transform, global_batch_size=global_batch_size, augmentation=augmentation,
-        )  # fmt: skip
+            data_dir=data_dir,
+            image_size=image_size,
+            batch_size=batch_size,
+            val_split=val_split,
+            download=False,
+            **kwargs,
+        )
         self.grayscale = grayscale
 
     @staticmethod
@@ -129,7 +115,7 @@ class ImageFolderDataModule(ImageDataModule):
             found["train"] = root  # class folders directly under the root
             found["val"] = found["test"] = None
         classes = _class_dirs(found["train"])
-        if not classes or not any(_image_files(d) for d in classes):
+        if not classes or not any(list_image_files(d) for d in classes):
             raise DataNotFoundError(
                 f"{found['train']} has no class sub-folders with images ({', '.join(IMAGE_EXTENSIONS)}); lay it out as "
                 "<data_dir>/<class>/<image> or <data_dir>/train/<class>/<image>."
@@ -149,7 +135,7 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _read_split(self, folder: Path) -> ImageArrays:
         index = {name: i for i, name in enumerate(self.class_names)}
-        unknown = [d.name for d in _class_dirs(folder) if d.name not in index and _image_files(d)]
+        unknown = [d.name for d in _class_dirs(folder) if d.name not in index and list_image_files(d)]
         if unknown:
             raise ValueError(
                 f"{folder} has classes {unknown} that {self.split_dirs['train']} lacks; every class needs training "
@@ -157,7 +143,7 @@ class ImageFolderDataModule(ImageDataModule):
             )
         images, labels = [], []
         for class_dir in (d for d in _class_dirs(folder) if d.name in index):
-            for path in _image_files(class_dir):
+            for path in list_image_files(class_dir):
                 try:
                     array = read_image(path, grayscale=self.grayscale)
                 except OSError as err:  # PIL's UnidentifiedImageError is an OSError

@@ -12,7 +12,9 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-from lightning_cnn.data.base import CorruptDataError, ImageArrays, ImageDataModule, check_label_range
+from lightning_cnn.data.base import ImageDataModule
+from lightning_cnn.data.dataset import ImageArrays, check_label_range
+from lightning_cnn.data.errors import CorruptDataError
 from lightning_cnn.registry import DATAMODULES
 
 __all__ = ["FashionMNISTDataModule", "MNISTDataModule", "read_idx", "write_idx"]
@@ -64,7 +66,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
-@DATAMODULES.register("mnist")
+@DATAMODULES.register("mnist", download=False)
 class MNISTDataModule(ImageDataModule):
     """MNIST handwritten digits, 60,000 train + 10,000 test 28×28 grayscale images.
 
@@ -116,7 +118,7 @@ class MNISTDataModule(ImageDataModule):
             dataset_class(str(folder), train=train, download=True)
 
 
-@DATAMODULES.register("fashion_mnist")
+@DATAMODULES.register("fashion_mnist", download=False)
 class FashionMNISTDataModule(MNISTDataModule):
     """Fashion-MNIST (Zalando): MNIST's format and sizes, ten kinds of clothing.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_cnn.regularization import LayerRegularizers
@@ -21,14 +22,19 @@ __all__ = [
     "Conv2D",
     "Dense",
     "Dropout",
+    "POOLING",
     "Padding",
+    "PoolType",
     "batch_norm",
     "input_too_small",
     "keras_init_",
+    "keras_same_padding",
     "make_activation",
+    "make_pooling",
 ]
 
 Padding = Literal["valid", "same"]
+PoolType = Literal["max", "avg"]
 
 # Keras BatchNormalization(momentum=0.99, epsilon=1e-3) updates moving = 0.99*moving + 0.01*batch;
 # torch's momentum is the weight of the *new* value, so Keras' 0.99 is torch's 0.01.
@@ -69,6 +75,25 @@ def make_activation(name: str) -> nn.Module:
         return ACTIVATIONS[name]()
     except KeyError:
         raise ValueError(f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}.") from None
+
+
+#: Keras pooling layer name (``MaxPooling2D``, ``AveragePooling2D``) by ``pool_type``. Both pool with Keras'
+#: ``padding="valid"``: no padding, and an incomplete last window is dropped (torch's ``ceil_mode=False``), so
+#: AvgPool2d's ``count_include_pad`` never comes into play.
+POOLING: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
+
+
+def make_pooling(pool_type: str, pool_size: int, stride: int) -> nn.Module:
+    """Build Keras' ``MaxPooling2D``/``AveragePooling2D(pool_size, strides=stride, padding="valid")``.
+
+    Raises:
+        ValueError: If ``pool_type`` is not a key of :data:`POOLING`.
+    """
+    try:
+        pool = POOLING[pool_type]
+    except KeyError:
+        raise ValueError(f"Unknown pool_type {pool_type!r}; choose one of {sorted(POOLING)}.") from None
+    return pool(kernel_size=pool_size, stride=stride)
 
 
 def batch_norm(num_features: int, keras_batchnorm: bool) -> nn.BatchNorm2d:
@@ -122,6 +147,24 @@ class _Regularized(nn.Module):
         return sum(terms) if terms else None
 
 
+def keras_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Padding before and after one spatial side for Keras' ``padding="same"``: the output has
+    ``ceil(size / stride)`` positions and an odd total puts the extra pixel after (bottom/right), as TensorFlow."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class _StridedSameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with Keras' ``"same"`` padding at a stride above 1, which torch's ``padding="same"`` refuses:
+    the padding depends on the input's size, so it is worked out on each call."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        top, bottom = keras_same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = keras_same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
 class Conv2D(_Regularized):
     """Keras ``Conv2D``: a 2-D convolution, its activation and its regularizers.
 
@@ -129,7 +172,9 @@ class Conv2D(_Regularized):
         in_channels: Input channels.
         filters: Output channels.
         kernel_size: Square kernel side.
-        padding: ``"valid"`` (no padding) or ``"same"`` (output keeps the input's size at stride 1).
+        stride: Step of the kernel in both directions (Keras ``strides``).
+        padding: ``"valid"`` (no padding: ``floor((n - kernel) / stride) + 1`` outputs) or ``"same"`` (Keras':
+            ``ceil(n / stride)`` outputs, the odd padding pixel at the bottom/right).
         activation: Keras activation name (``"linear"`` for none).
         regularizers: Kernel/bias/activity penalties of this layer.
     """
@@ -139,6 +184,8 @@ class Conv2D(_Regularized):
         in_channels: int,
         filters: int,
         kernel_size: int,
+        *,
+        stride: int = 1,
         padding: Padding = "valid",
         activation: str = "relu",
         regularizers: Optional[LayerRegularizers] = None,
@@ -146,7 +193,12 @@ class Conv2D(_Regularized):
         super().__init__(activation, regularizers)
         if padding not in ("valid", "same"):
             raise ValueError(f"Unknown padding {padding!r}; choose 'valid' or 'same'.")
-        self.layer = nn.Conv2d(in_channels, filters, kernel_size, padding=padding)
+        if stride < 1:
+            raise ValueError(f"stride={stride}; use a stride of at least 1.")
+        if padding == "same" and stride > 1:
+            self.layer = _StridedSameConv2d(in_channels, filters, kernel_size, stride=stride)
+        else:  # torch's "same" at stride 1 pads like Keras (an even kernel's extra pixel at the bottom/right)
+            self.layer = nn.Conv2d(in_channels, filters, kernel_size, stride=stride, padding=padding)
 
 
 class Dense(_Regularized):
