@@ -10,6 +10,7 @@ No Lightning import here: model files register themselves without depending on L
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -56,10 +57,13 @@ class Registry(Mapping[str, type]):
         return dict(self._examples[name])
 
     def class_path(self, name: str) -> str:
-        """The public ``class_path`` a YAML names this entry by (``lightning_cnn.models.LeNet``)."""
+        """The ``class_path`` a YAML names this entry by: through the package that re-exports it
+        (``lightning_cnn.models.LeNet``), else its own module (``examples.extending.tiny_vgg.TinyVGG``)."""
         cls = self[name]
-        package = cls.__module__.rsplit(".", 1)[0] if cls.__module__.count(".") > 1 else cls.__module__
-        return f"{package}.{cls.__name__}"
+        package = cls.__module__.rpartition(".")[0]
+        if package and getattr(importlib.import_module(package), cls.__name__, None) is cls:
+            return f"{package}.{cls.__name__}"
+        return f"{cls.__module__}.{cls.__name__}"
 
     def __getitem__(self, name: str) -> type:
         try:
