@@ -1,0 +1,85 @@
+"""The package's tools as subcommands of the CLI: ``summary``, ``preview`` and ``export`` run with the same config
+(model, data, trainer) as ``fit``, plus each tool's own options (its method's signature, read as Lightning reads
+``Trainer.fit``'s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse.typing import PositiveInt
+from pytorch_lightning import LightningDataModule, LightningModule
+
+from lightning_cnn.callbacks import (
+    KerasModelSummary,
+)
+from lightning_cnn.cli.errors import ConfigError
+from lightning_cnn.export import export as export_checkpoint
+from lightning_cnn.preview import DEFAULT_DIR as PREVIEW_DIR
+from lightning_cnn.preview import write_preview
+
+__all__ = ["ToolSubcommands"]
+
+# The package's tools, run by the same CLI as Trainer's fit/validate/test/predict: methods of CNNCLI below, given
+# the model and datamodule the config describes.
+_TOOLS = ("summary", "preview", "export")
+
+
+class ToolSubcommands:
+    """The tools, mixed into :class:`~lightning_cnn.cli.command.CNNCLI`: each method is one subcommand."""
+
+    def summary(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None) -> None:
+        """Print the model's Keras-style summary (model.summary()) without training; options under summary:."""
+        self._summary_callback().print_summary(model)
+
+    def preview(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        out: Optional[str] = None,
+        samples: PositiveInt = 8,
+        variants: PositiveInt = 5,
+        overwrite: bool = False,
+    ) -> None:
+        """Write a PNG grid of training images before and after the config's augmentation, without training.
+
+        Args:
+            out: PNG path; default ``runs/preview/<first config's name>.png``. An existing file is kept and a free
+                name beside it is used, unless ``overwrite``.
+            samples: Training images, one per row.
+            variants: Augmented draws of each image.
+            overwrite: Replace ``out`` if it exists.
+        """
+        configs = [self._argv[i + 1] for i, arg in enumerate(self._argv[:-1]) if arg in ("--config", "-c")]
+        name = Path(configs[0]).stem if configs else "preview"  # the experiment, as the run folder is named
+        path = write_preview(
+            datamodule, Path(out) if out else PREVIEW_DIR / f"{name}.png", samples, variants, overwrite
+        )
+        print(path)
+
+    def export(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        ckpt_path: Optional[str] = None,
+        format: str = "onnx",
+        out: Optional[str] = None,
+    ) -> None:
+        """Export a trained checkpoint (--ckpt_path) as ONNX or TorchScript, normalization included.
+
+        Float pixels in [0, 1] ``(N, C, H, W)`` in, class probabilities out; class names and input size in the
+        file's metadata.
+
+        Args:
+            ckpt_path: The checkpoint to export (written by ``cli.py fit``); no config is needed beside it.
+            format: ``onnx`` or ``torchscript``.
+            out: Output file; default beside the checkpoint, never replacing a file.
+        """
+        if not ckpt_path:
+            raise ConfigError("export needs --ckpt_path: the checkpoint written by cli.py fit to export.")
+        export_checkpoint(ckpt_path, format, out)
+
+    def _summary_callback(self) -> KerasModelSummary:
+        found = [cb for cb in self.trainer.callbacks if isinstance(cb, KerasModelSummary)]
+        return found[0] if found else KerasModelSummary()
