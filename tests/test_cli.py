@@ -222,3 +222,26 @@ def test_a_fast_dev_run_writes_nothing(in_tmp):
     CNNCLI(args=["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *data, "--trainer.fast_dev_run", "1",
                  "--test_after_fit", "true"])  # fmt: skip
     assert sorted(in_tmp.rglob("*")) == before  # no checkpoints/last.ckpt, pictures or reports in the working folder
+
+
+def test_importing_the_cli_leaves_the_warning_filters_alone():
+    # The CLI silences a few Lightning notices while it runs (CNNCLI.__init__), not for the importing process.
+    code = (
+        "import warnings, pytorch_lightning.cli\n"
+        "before = list(warnings.filters)\n"
+        "import lightning_cnn.cli\n"
+        "print([str(f[1].pattern) for f in warnings.filters if f not in before and f[1] is not None])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    added = out.stdout.strip()
+    assert not any(word in added for word in ("dirpath", "treespec", "configure_optimizers")), added
+
+
+def test_the_version_is_written_once():
+    from importlib.metadata import version
+
+    import lightning_cnn
+
+    assert version("lightning_cnn") == lightning_cnn.__version__
+    assert "version =" not in (REPO_ROOT / "pyproject.toml").read_text().split("[tool.setuptools.dynamic]")[0]

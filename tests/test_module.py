@@ -85,6 +85,39 @@ def test_default_optimizer_is_keras_adam_over_trainable_parameters():
     assert params == {id(p) for p in model.net.head.parameters()}
 
 
+def test_injected_optimizer_and_scheduler_are_built_and_kept_out_of_the_checkpoint(tmp_path):
+    from functools import partial
+
+    model = ImageClassifier(
+        LeNet(),
+        optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9),
+        lr_scheduler=partial(torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0),
+    )
+    configured = model.configure_optimizers()
+    assert isinstance(configured["optimizer"], torch.optim.SGD) and configured["optimizer"].defaults["lr"] == 0.05
+    assert configured["lr_scheduler"]["monitor"] == "val/loss"  # a plateau scheduler watches the validation loss
+    # Python callables are code, not config: left out of the hyperparameters, so the checkpoint loads weights-only.
+    assert "optimizer" not in model.hparams and "lr_scheduler" not in model.hparams
+    trainer = _trainer(max_epochs=1, default_root_dir=tmp_path)
+    trainer.fit(model, _loader(), _loader(seed=1))
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert set(torch.load(tmp_path / "m.ckpt", weights_only=True)["hyper_parameters"]) >= {"num_classes"}
+
+
+def test_num_classes_and_input_shape_come_from_the_net():
+    from lightning_cnn.models import TorchvisionNet
+
+    model = ImageClassifier(TorchvisionNet(in_channels=3, num_classes=7, input_size=(64, 48), arch="resnet18"))
+    assert (model.num_classes, model.input_shape) == (7, (3, 64, 48))
+    assert model.example_input_array.shape == (1, 3, 64, 48)
+    with pytest.raises(ValueError, match=r"num_classes=5 disagrees with the net's 10 \(LeNet\); leave num_classes out"):
+        ImageClassifier(LeNet(), num_classes=5)
+    with pytest.raises(ValueError, match="carries no num_classes attribute; give ImageClassifier num_classes=N"):
+        ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    bare = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), num_classes=10)
+    assert bare.input_shape is None and bare.example_input_array is None
+
+
 class LabelSmoothingClassifier(ImageClassifier):
     """What a downstream project does: override one documented method."""
 

@@ -13,6 +13,10 @@ only *warns* about unknown or renamed 1.x arguments and drops them). YAML format
 Names are Albumentations classes, :class:`~lightning_cnn.augmentation.KerasAffine`, or dotted paths to a transform
 class; strings ``BORDER_*`` / ``INTER_*`` stand for the OpenCV constants. Albumentations' own serialisation
 (``A.to_dict(pipeline)``: ``{"transform": {"__class_fullname__": ...}}``) is read as well.
+
+Why not jsonargparse ``class_path`` lists of transforms, which check arguments against signatures too (they do
+build Albumentations 2.x transforms): they cannot read ``A.to_dict`` output (a saved pipeline) or name OpenCV
+constants, and they spell every transform as ``class_path`` + ``init_args``.
 """
 
 from __future__ import annotations
