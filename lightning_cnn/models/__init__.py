@@ -2,8 +2,10 @@
 
 Every architecture here follows one contract, which the CLI and the classifier rely on:
 
-- constructor arguments ``in_channels``, ``num_classes`` and ``input_size`` (linked from the datamodule);
+- constructor arguments ``in_channels``, ``num_classes`` and ``input_size`` (linked from the datamodule), stored
+  under the same names (the classifier reads its number of classes and input shape from them);
 - an attribute ``num_outputs`` (1 for a single-logit binary classifier, else ``num_classes``);
+- registration in :data:`~lightning_cnn.registry.ARCHITECTURES`, which puts it under the test sweeps;
 - submodules ``backbone`` (the feature extractor that fine-tuning freezes) and ``head`` (the classifier on
   top), with ``forward(x) == head(backbone(x))``.
 """
