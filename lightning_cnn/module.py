@@ -40,6 +40,7 @@ __all__ = ["ImageClassifier", "LRSchedulerCallable", "NonFiniteLossError", "Opti
 
 Stage = Literal["train", "val", "test"]
 MemoryFormat = Literal["auto", "channels_last", "contiguous"]
+SchedulerInterval = Literal["epoch", "step"]
 # What `optimizer` / `lr_scheduler` take: a class (or function) that builds one from the parameters / the optimizer.
 # jsonargparse turns a YAML `class_path` + `init_args` into such a callable (the same types as Lightning's
 # OptimizerCallable / LRSchedulerCallable, which live in pytorch_lightning.cli: not imported by a model file).
@@ -92,6 +93,10 @@ class ImageClassifier(pl.LightningModule):
             ``compile(optimizer="adam")``. In YAML: ``class_path`` + ``init_args`` of any ``torch.optim`` class.
         lr_scheduler: Builds a learning-rate scheduler from the optimizer, stepped every epoch; none by default.
             A ``ReduceLROnPlateau`` watches its ``monitor`` if it has one (Lightning's subclass), else ``val/loss``.
+        lr_scheduler_interval: Step the scheduler every ``"epoch"`` or every optimizer ``"step"`` (what OneCycleLR
+            and warm-up schedules expect).
+        label_smoothing: Keras' ``label_smoothing`` of its cross-entropy losses, in training and evaluation alike:
+            targets ``y (1 - s) + s / num_classes``, or ``y (1 - s) + s / 2`` for a one-logit network.
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class ImageClassifier(pl.LightningModule):
         compile: bool = False,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
+        lr_scheduler_interval: SchedulerInterval = "epoch",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         # Under the CLI, the hyperparameters hold the net's config (class_path + init_args), from which
@@ -120,6 +127,14 @@ class ImageClassifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
+        if lr_scheduler_interval not in get_args(SchedulerInterval):
+            raise ValueError(
+                f"lr_scheduler_interval={lr_scheduler_interval!r}; choose one of {list(get_args(SchedulerInterval))}."
+            )
+        self.lr_scheduler_interval = lr_scheduler_interval
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing}; use a value in [0, 1) (0: none, Keras' default).")
+        self.label_smoothing = label_smoothing
         num_classes = _from_net(net, "num_classes", num_classes, getattr(net, "num_classes", None))
         if num_classes is None:
             raise ValueError(
@@ -179,10 +194,12 @@ class ImageClassifier(pl.LightningModule):
     # --- the overridable pieces -------------------------------------------------------------------------------
 
     def compute_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The data term of the loss: cross-entropy, or binary cross-entropy for a one-logit network."""
+        """The data term of the loss: cross-entropy, or binary cross-entropy for a one-logit network (with
+        ``label_smoothing``, as Keras smooths them)."""
         if self.binary:
-            return F.binary_cross_entropy_with_logits(logits.reshape(-1), target.float())
-        return F.cross_entropy(logits, target)
+            smoothed = target.float() * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+            return F.binary_cross_entropy_with_logits(logits.reshape(-1), smoothed)
+        return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
 
     def regularization_loss(self) -> Tensor:
         """Keras-style penalties of the network (kernel, bias, and the last forward's activity penalties)."""
@@ -375,7 +392,7 @@ class ImageClassifier(pl.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        config: dict[str, Any] = {"scheduler": scheduler}
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = getattr(scheduler, "monitor", _PLATEAU_MONITOR)
         return {"optimizer": optimizer, "lr_scheduler": config}

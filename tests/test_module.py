@@ -263,3 +263,33 @@ def test_evaluation_losses_are_means_over_images_not_over_batches():
     with torch.no_grad():
         expected = F.cross_entropy(model.eval()(x), y).item()
     assert result["val/data_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_label_smoothing_is_keras_and_the_scheduler_interval_is_configurable(tmp_path):
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    smooth = ImageClassifier(LeNet(), label_smoothing=0.1)
+    expected = -(F.log_softmax(logits, 1) * (F.one_hot(target, 10) * 0.9 + 0.01)).sum(1).mean()  # y(1-s) + s/C
+    torch.testing.assert_close(smooth.compute_loss(logits, target), expected)
+    binary = ImageClassifier(FunctionalCNN(), label_smoothing=0.2)
+    logit, label = torch.randn(6, 1), torch.randint(0, 2, (6,))
+    smoothed = label.float() * 0.8 + 0.1  # Keras' BinaryCrossentropy: y(1-s) + s/2
+    torch.testing.assert_close(
+        binary.compute_loss(logit, label), F.binary_cross_entropy_with_logits(logit.reshape(-1), smoothed)
+    )
+    with pytest.raises(ValueError, match=r"label_smoothing=1.5; use a value in \[0, 1\)"):
+        ImageClassifier(LeNet(), label_smoothing=1.5)
+    with pytest.raises(ValueError, match=r"lr_scheduler_interval='batch'; choose one of \['epoch', 'step'\]"):
+        ImageClassifier(LeNet(), lr_scheduler_interval="batch")
+
+    from functools import partial
+
+    model = ImageClassifier(
+        LeNet(),
+        lr_scheduler=partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.01, total_steps=4),
+        lr_scheduler_interval="step",
+    )
+    trainer = _trainer(max_epochs=2, default_root_dir=tmp_path)
+    trainer.fit(model, _loader(n=32, batch_size=16))  # 2 steps per epoch: 4 in all, OneCycle's total
+    assert trainer.lr_scheduler_configs[0].interval == "step"
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4  # stepped after every optimizer step
