@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -293,3 +294,17 @@ def test_label_smoothing_is_keras_and_the_scheduler_interval_is_configurable(tmp
     trainer.fit(model, _loader(n=32, batch_size=16))  # 2 steps per epoch: 4 in all, OneCycle's total
     assert trainer.lr_scheduler_configs[0].interval == "step"
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 4  # stepped after every optimizer step
+
+
+def test_label_smoothing_matches_keras_own_losses():
+    # Keras 3.15.1's CategoricalCrossentropy(from_logits=True, label_smoothing=0.1) and
+    # BinaryCrossentropy(from_logits=True, label_smoothing=0.2) on these inputs (computed with Keras itself).
+    rng = np.random.default_rng(0)
+    logits, target = rng.normal(size=(6, 10)).astype("float32"), rng.integers(0, 10, 6)
+    logit, label = rng.normal(size=(6, 1)).astype("float32"), rng.integers(0, 2, (6, 1))
+    categorical = ImageClassifier(LeNet(), label_smoothing=0.1).compute_loss(torch.tensor(logits), torch.tensor(target))
+    binary = ImageClassifier(FunctionalCNN(), label_smoothing=0.2).compute_loss(
+        torch.tensor(logit), torch.tensor(label).reshape(-1)
+    )
+    assert categorical.item() == pytest.approx(2.535214900970459, abs=1e-6)
+    assert binary.item() == pytest.approx(0.6279914379119873, abs=1e-6)
