@@ -91,7 +91,8 @@ class ImageClassifier(pl.LightningModule):
             measured slower than eager ones (README, "Speed"), hence off by default; worth trying on a GPU.
         optimizer: Builds the optimizer from the trainable parameters; default Adam with lr 1e-3, Keras'
             ``compile(optimizer="adam")``. In YAML: ``class_path`` + ``init_args`` of any ``torch.optim`` class.
-        lr_scheduler: Builds a learning-rate scheduler from the optimizer, stepped every epoch; none by default.
+        lr_scheduler: Builds a learning-rate scheduler from the optimizer, stepped per ``lr_scheduler_interval``;
+            none by default.
             A ``ReduceLROnPlateau`` watches its ``monitor`` if it has one (Lightning's subclass), else ``val/loss``.
         lr_scheduler_interval: Step the scheduler every ``"epoch"`` or every optimizer ``"step"`` (what OneCycleLR
             and warm-up schedules expect).
@@ -127,11 +128,7 @@ class ImageClassifier(pl.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        if lr_scheduler_interval not in get_args(SchedulerInterval):
-            raise ValueError(
-                f"lr_scheduler_interval={lr_scheduler_interval!r}; choose one of {list(get_args(SchedulerInterval))}."
-            )
-        self.lr_scheduler_interval = lr_scheduler_interval
+        self.lr_scheduler_interval = _choice("lr_scheduler_interval", lr_scheduler_interval, SchedulerInterval)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing}; use a value in [0, 1) (0: none, Keras' default).")
         self.label_smoothing = label_smoothing
@@ -151,9 +148,7 @@ class ImageClassifier(pl.LightningModule):
         self.binary = getattr(net, "num_outputs", num_classes) == 1
         self.preprocessing = Preprocessing.from_dict(preprocessing) if preprocessing else None
         self.example_input_array = torch.zeros(1, *self.input_shape) if self.input_shape else None
-        if memory_format not in get_args(MemoryFormat):
-            raise ValueError(f"memory_format={memory_format!r}; choose one of {list(get_args(MemoryFormat))}.")
-        self.memory_format = memory_format
+        self.memory_format = _choice("memory_format", memory_format, MemoryFormat)
         self.compile_net = compile
         self._compiled = False
         self._channels_last = False  # decided in setup(), once the device is known
@@ -405,6 +400,17 @@ def _plain_data(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_plain_data(v) for v in value)
     return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _choice(name: str, value: str, allowed: Any) -> str:
+    """``value`` if it is one of the ``Literal`` ``allowed``.
+
+    Raises:
+        ValueError: Naming the value and the allowed ones.
+    """
+    if value not in get_args(allowed):
+        raise ValueError(f"{name}={value!r}; choose one of {list(get_args(allowed))}.")
+    return value
 
 
 def _from_net(net: nn.Module, name: str, given: Any, carried: Any) -> Any:

@@ -40,13 +40,25 @@ def _option_value(argv: list[str], option: str) -> Optional[str]:
     return value
 
 
+def _config_files(argv: list[str]) -> list[str]:
+    """The ``--config`` / ``-c`` files of ``argv``, in the order given."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
+
+
+def _experiment_name(argv: list[str], default: str) -> str:
+    """The experiment a command runs: the name of its first ``--config`` file (``bn_cnn_mnist``), else ``default``.
+    Run folders and preview pictures are named after it."""
+    configs = _config_files(argv)
+    return Path(configs[0]).stem if configs else default
+
+
 def _typed_values(argv: list[str], keys: list[str]) -> dict[str, Any]:
     """Values given for ``keys`` (dotted) on the command line or in the ``--config`` YAML files of ``argv``."""
     typed: dict[str, Any] = {}
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+    for config in _config_files(argv):
+        if Path(config).is_file():
             try:
-                document = yaml.safe_load(Path(argv[i + 1]).read_text()) or {}
+                document = yaml.safe_load(Path(config).read_text()) or {}
             except yaml.YAMLError:
                 continue  # the parser has already reported a broken file
             for key in keys:

@@ -33,6 +33,7 @@ from lightning_cnn.checkpoints import (
 from lightning_cnn.cli.arguments import (
     _CKPT_KEYWORDS,
     _class_config,
+    _experiment_name,
     _files_data,
     _has_option,
     _link_weights_to_normalization,
@@ -164,8 +165,7 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         a config never types its own folder."""
         subcommands = getattr(self, "_subcommand_parsers", {})  # none when the CLI is built with run=False
         subcommand = next((arg for arg in argv if arg in subcommands), None)
-        configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("--config", "-c")]
-        folder = f"{RUNS_DIR}/{Path(configs[0]).stem if configs else subcommand or 'run'}"
+        folder = f"{RUNS_DIR}/{_experiment_name(argv, default=subcommand or 'run')}"
         loggers = [{"class_path": cls, "init_args": {"save_dir": folder, "name": ""}} for cls in _DEFAULT_LOGGERS]
         (subcommands[subcommand] if subcommand else parser).set_defaults({"trainer.logger": loggers})
 

@@ -14,6 +14,7 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from lightning_cnn.callbacks import (
     KerasModelSummary,
 )
+from lightning_cnn.cli.arguments import _experiment_name
 from lightning_cnn.cli.errors import ConfigError
 from lightning_cnn.export import export as export_checkpoint
 from lightning_cnn.preview import DEFAULT_DIR as PREVIEW_DIR
@@ -51,8 +52,7 @@ class ToolSubcommands:
             variants: Augmented draws of each image.
             overwrite: Replace ``out`` if it exists.
         """
-        configs = [self._argv[i + 1] for i, arg in enumerate(self._argv[:-1]) if arg in ("--config", "-c")]
-        name = Path(configs[0]).stem if configs else "preview"  # the experiment, as the run folder is named
+        name = _experiment_name(self._argv, default="preview")  # as the run folder is named
         path = write_preview(
             datamodule, Path(out) if out else PREVIEW_DIR / f"{name}.png", samples, variants, overwrite
         )
