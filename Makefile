@@ -30,11 +30,14 @@ data:
 quickstart: setup data
 	$(BIN)/python cli.py fit --config configs/lenet_fashion_mnist.yaml
 
+# One pytest-xdist worker per core; the multi-process tests share one worker (tests/conftest.py).
+XDIST := -n auto --dist loadgroup
+
 test: setup data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not multiprocess"
+	$(BIN)/python -m pytest $(XDIST) -m "not slow and not multiprocess"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -98,6 +98,10 @@ class ImageClassifier(pl.LightningModule):
             and warm-up schedules expect).
         label_smoothing: Keras' ``label_smoothing`` of its cross-entropy losses, in training and evaluation alike:
             targets ``y (1 - s) + s / num_classes``, or ``y (1 - s) + s / 2`` for a one-logit network.
+        test_time_flip: Evaluate (validation, test, predict) on the mean of the logits for each image and its
+            left-right mirror, a test-time augmentation for data whose classes are mirror-symmetric (clothing,
+            CIFAR's objects; not digits or text). Costs a second forward pass per evaluated image; training is
+            unchanged, and an exported model holds the network alone (one pass).
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = None,
         lr_scheduler_interval: SchedulerInterval = "epoch",
         label_smoothing: float = 0.0,
+        test_time_flip: bool = False,
     ) -> None:
         super().__init__()
         # Under the CLI, the hyperparameters hold the net's config (class_path + init_args), from which
@@ -132,6 +137,7 @@ class ImageClassifier(pl.LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing}; use a value in [0, 1) (0: none, Keras' default).")
         self.label_smoothing = label_smoothing
+        self.test_time_flip = test_time_flip
         num_classes = _from_net(net, "num_classes", num_classes, getattr(net, "num_classes", None))
         if num_classes is None:
             raise ValueError(
@@ -200,6 +206,14 @@ class ImageClassifier(pl.LightningModule):
         """Keras-style penalties of the network (kernel, bias, and the last forward's activity penalties)."""
         return regularization_loss(self.net)
 
+    def evaluation_logits(self, x: Tensor) -> Tensor:
+        """The logits that evaluation and prediction use: ``self(x)``, or with ``test_time_flip`` the mean over the
+        images and their left-right mirrors."""
+        logits = self(x)
+        if self.test_time_flip:
+            logits = (logits + self(x.flip(-1))) / 2
+        return logits
+
     def probabilities(self, logits: Tensor) -> Tensor:
         """Class probabilities, shape ``(N, num_classes)``; a one-logit network gives ``[1 - p, p]``."""
         if self.binary:
@@ -217,7 +231,7 @@ class ImageClassifier(pl.LightningModule):
     def shared_step(self, batch: Any, stage: Stage) -> Tensor:
         """One step of ``stage`` on ``(images, targets)``: loss with penalty, accuracy, logging."""
         x, y = batch
-        logits = self(x)
+        logits = self(x) if stage == "train" else self.evaluation_logits(x)
         data_loss = self.compute_loss(logits, y)
         reg_loss = self.regularization_loss()
         include_penalty = stage == "train" or self.penalty_in_eval_loss
@@ -368,7 +382,7 @@ class ImageClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.probabilities(self(x))
+        return self.probabilities(self.evaluation_logits(x))
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]

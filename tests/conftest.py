@@ -7,12 +7,14 @@ for CIFAR, image files in class folders), so the real readers are what the tests
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 # The README's worked examples ("a new architecture or dataset is one file and one YAML") register themselves, so
 # every registry sweep covers them too.
@@ -21,6 +23,11 @@ import examples.extending.tiny_vgg  # noqa: F401
 from lightning_cnn.data import DATAMODULES, ImageDataModule
 from lightning_cnn.data.cifar import write_cifar_batch
 from lightning_cnn.data.mnist import write_idx
+
+# pytest-xdist workers share the cores: one torch thread per worker each, not one per core each, whose waiting
+# threads would take turns on the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -173,3 +180,11 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test in its own folder, so default paths (./data, runs/...) never touch the checkout."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), the tests that start processes of their
+    own (DDP, kill and resume) run one after another in one worker, so two process groups never compete."""
+    for item in items:
+        if item.get_closest_marker("multiprocess"):
+            item.add_marker(pytest.mark.xdist_group("multiprocess"))

@@ -32,9 +32,19 @@ OFFLINE_OVERRIDES: dict[str, list[str]] = {
         "--data.init_args.image_size",
         "32",
     ],
-    # The fake MNIST set is too small for these configs' 200-image validation split.
+    "vgg16_finetune_augment_cifar10.yaml": [
+        "--model.init_args.net.init_args.weights",
+        "none",
+        "--data.init_args.image_size",
+        "32",
+    ],
+    # The fake MNIST set is too small for these configs' 200- and 5000-image validation splits.
+    "best_fashion_mnist.yaml": ["--data.init_args.val_split", "20"],
     "finetune_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
     "scratch_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
+    "finetune_augment_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
+    "finetune_unfreeze_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
+    "finetune_full_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
 }
 
 

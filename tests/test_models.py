@@ -145,6 +145,29 @@ def test_stride_per_layer_and_strided_model_matches_keras_counts():
     assert summary.total_params == 3658
 
 
+def test_pooling_per_block_global_pooling_and_batch_norm_before_activation_match_keras():
+    # Keras 3.15.1, 28×28×1: 5 × [Conv2D(f, 3, "same") → BatchNormalization → Activation("relu") → MaxPooling2D(2)
+    # after blocks 1 and 3] with f = 24, 48, 48, 96, 96 → GlobalAveragePooling2D → Dropout(0.2) → Dense(10):
+    # 158,266 parameters, 624 of them non-trainable (configs/best_fashion_mnist.yaml's network).
+    net = ConvNet(filters=[24, 48, 48, 96, 96], kernel_size=3, padding="same", pool_size=[2, 0, 2, 0, 0],
+                  batch_norm=True, batch_norm_before_activation=True, global_pool="avg", head_dropout=0.2,
+                  dense_units=[])  # fmt: skip
+    summary = keras_summary(net, (1, 28, 28))
+    assert (summary.total_params, summary.non_trainable_params) == (158266, 624)
+    names = [name for name, _ in net.backbone.named_children()][:4]
+    assert names == ["conv1", "bn1", "act1", "pool1"]  # BatchNorm between the convolution and its ReLU
+    assert net.backbone.conv1.activation.__class__ is nn.Identity
+    assert [r.output_shape for r in summary.rows if "pool" in r.name] == [(None, 24, 14, 14), (None, 48, 7, 7),
+                                                                          (None, 96, 1, 1)]  # fmt: skip
+    x = torch.randn(2, 1, 28, 28)
+    features = net.backbone(x)
+    assert torch.allclose(net.head.global_pool(features).flatten(1), features.mean((2, 3)), atol=1e-6)
+    # Keras 3.15.1: Conv2D(8, 3) → GlobalMaxPooling2D → Dense(3) on 28×28×1: 107 parameters.
+    small = ConvNet(filters=[8], kernel_size=3, pool_size=0, global_pool="max", dense_units=[], num_classes=3)
+    assert keras_summary(small, (1, 28, 28)).total_params == 107
+    assert small(x).shape == (2, 3) and small(torch.randn(2, 1, 40, 33)).shape == (2, 3)  # any input size
+
+
 def test_bn_cnn_layer_table_matches_slides():
     summary = keras_summary(BatchNormCNN(), (1, 28, 28))
     rows = [(r.type_name, r.output_shape, r.params) for r in summary.rows]
@@ -216,6 +239,9 @@ def test_keras_switches():
         ),
         ({"stride": 0}, "stride=0"),
         ({"pool_stride": 0}, "pool_stride=0"),
+        ({"pool_size": [2, 2, 2]}, r"pool_size=\[2, 2, 2\] has 3 values"),
+        ({"global_pool": "sum"}, r"global_pool='sum' is not a pooling type.*or null to flatten"),
+        ({"head_dropout": 1.0}, "head_dropout=1.0"),
     ],
 )
 def test_bad_options_fail_with_the_value_and_fix(kwargs, message):

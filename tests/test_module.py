@@ -77,6 +77,24 @@ def test_predict_returns_class_probabilities():
     assert torch.allclose(probs.sum(1), torch.ones(32), atol=1e-6) and (probs >= 0).all()
 
 
+def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
+    torch.manual_seed(0)
+    plain, flipped = ImageClassifier(LeNet()), ImageClassifier(LeNet(), test_time_flip=True)
+    flipped.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    plain.eval(), flipped.eval()
+    with torch.no_grad():
+        expected = (plain(x) + plain(x.flip(-1))) / 2
+        assert torch.allclose(flipped.evaluation_logits(x), expected, atol=1e-6)
+        assert not torch.allclose(plain.evaluation_logits(x), expected, atol=1e-3)
+    # Prediction and the evaluation metrics use it; training steps see the plain forward pass.
+    probs = torch.cat(_trainer().predict(flipped, DataLoader(TensorDataset(x), batch_size=4)))
+    assert torch.allclose(probs, expected.softmax(1), atol=1e-6)
+    loader = DataLoader(TensorDataset(x, torch.arange(4)), batch_size=4)
+    (result,) = _trainer().test(flipped, loader, verbose=False)
+    assert result["test/acc"] == pytest.approx((expected.argmax(1) == torch.arange(4)).float().mean().item())
+
+
 def test_default_optimizer_is_keras_adam_over_trainable_parameters():
     model = ImageClassifier(LeNet())
     model.net.backbone.requires_grad_(False)

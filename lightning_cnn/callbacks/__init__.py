@@ -1,5 +1,5 @@
 """Callbacks: checkpoints whose last and best mean what they say, Keras' EarlyStopping semantics, model summary, training plots, per-class reports, prediction files,
-and backbone freezing for fine-tuning."""
+backbone freezing for fine-tuning, and the source task's accuracy while fine-tuning (catastrophic forgetting)."""
 
 from lightning_cnn.callbacks.checkpoint import ModelCheckpoint
 from lightning_cnn.callbacks.early_stopping import EarlyStopping
@@ -7,6 +7,7 @@ from lightning_cnn.callbacks.finetune import FreezeBackbone
 from lightning_cnn.callbacks.plots import TrainingPlots
 from lightning_cnn.callbacks.predictions import PredictionWriter
 from lightning_cnn.callbacks.report import ClassificationReport
+from lightning_cnn.callbacks.source_task import SourceTaskMonitor
 from lightning_cnn.callbacks.summary import KerasModelSummary
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "KerasModelSummary",
     "ModelCheckpoint",
     "PredictionWriter",
+    "SourceTaskMonitor",
     "TrainingPlots",
 ]

@@ -37,6 +37,7 @@ from lightning_cnn.models.layers import (
     PoolType,
     input_too_small,
     keras_init_,
+    make_activation,
     make_pooling,
 )
 from lightning_cnn.models.layers import batch_norm as make_batch_norm  # `batch_norm` is also an argument name
@@ -44,6 +45,9 @@ from lightning_cnn.registry import ARCHITECTURES
 from lightning_cnn.regularization import LayerRegularizers, resolve_layer_regularizers
 
 __all__ = ["PRESETS", "BatchNormCNN", "ConvNet", "FunctionalCNN", "LeNet"]
+
+#: Keras ``GlobalMaxPooling2D`` / ``GlobalAveragePooling2D`` by ``global_pool``.
+GLOBAL_POOLING: dict[str, type[nn.Module]] = {"max": nn.AdaptiveMaxPool2d, "avg": nn.AdaptiveAvgPool2d}
 
 FloatOrList = Union[float, Sequence[float]]
 IntOrList = Union[int, Sequence[int]]
@@ -72,8 +76,8 @@ class ConvNet(nn.Module):
     """A Keras-style sequential CNN: conv blocks, then dense layers, then the output layer.
 
     The network is ``backbone`` (the conv blocks: what fine-tuning freezes) followed by ``head`` (Flatten and the
-    dense layers). Layers are named ``conv1, bn1, drop1, pool1, …, flatten, dense1, dense_drop1, …, output``;
-    these names are the keys of ``layer_regularizers``.
+    dense layers). Layers are named ``conv1, bn1, [act1,] drop1, pool1, …, [global_pool,] flatten, [head_drop,]
+    dense1, dense_drop1, …, output``; the weighted ones' names are the keys of ``layer_regularizers``.
 
     Args:
         in_channels: Image channels (linked from the datamodule by the CLI).
@@ -86,11 +90,19 @@ class ConvNet(nn.Module):
         padding: ``"valid"`` or ``"same"``, as Keras (``"same"`` gives ``ceil(n / stride)`` outputs).
         pool_type: Pooling after each conv block: ``"max"`` (Keras ``MaxPooling2D``) or ``"avg"``
             (``AveragePooling2D``); both with Keras' ``padding="valid"``.
-        pool_size: Pooling window after each conv block (0 for none).
+        pool_size: Pooling window after each conv block, one for all or one per block (0 for none, so
+            ``[2, 0, 2, 0]`` stacks two convs per pooling, as VGG does).
         pool_stride: Pooling stride; ``None`` is ``pool_size``, as Keras' ``strides=None``.
+        global_pool: ``None`` flattens the last feature map (Keras ``Flatten``); ``"avg"`` or ``"max"`` pool it
+            to one value per channel instead (``GlobalAveragePooling2D`` / ``GlobalMaxPooling2D``), which makes the
+            head independent of the input size.
+        head_dropout: Dropout rate on the features entering the head (after Flatten or global pooling).
         dense_units: Widths of the hidden dense layers.
         activation: Activation of conv and hidden dense layers (Keras name).
         batch_norm: Add BatchNorm after each conv layer.
+        batch_norm_before_activation: Put BatchNorm between the convolution and its activation (Keras
+            ``Conv2D(activation=None) → BatchNormalization → Activation``) instead of after the activation, the
+            slides' order.
         conv_dropout: Dropout rate after each conv block (one for all, or one per block; 0 for none).
         dense_dropout: Dropout rate after each hidden dense layer (one for all, or one per layer; 0 for none).
         regularizers: Model-wide default penalties for every conv and dense layer.
@@ -115,11 +127,14 @@ class ConvNet(nn.Module):
         stride: IntOrList = 1,
         padding: Padding = "valid",
         pool_type: PoolType = "max",
-        pool_size: int = 2,
+        pool_size: IntOrList = 2,
         pool_stride: Optional[int] = None,
+        global_pool: Optional[PoolType] = None,
+        head_dropout: float = 0.0,
         dense_units: Sequence[int] = (128,),
         activation: str = "relu",
         batch_norm: bool = False,
+        batch_norm_before_activation: bool = False,
         conv_dropout: FloatOrList = 0.0,
         dense_dropout: FloatOrList = 0.0,
         regularizers: Optional[LayerRegularizers] = None,
@@ -131,11 +146,13 @@ class ConvNet(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes={num_classes}; a classifier needs at least 2 classes.")
-        if pool_type not in POOLING:
-            raise ValueError(
-                f"pool_type={pool_type!r} is not a pooling type; choose one of {sorted(POOLING)} "
-                "(Keras MaxPooling2D / AveragePooling2D)."
-            )
+        for name, value in (("pool_type", pool_type), ("global_pool", global_pool)):
+            if value not in POOLING and not (name == "global_pool" and value is None):
+                raise ValueError(
+                    f"{name}={value!r} is not a pooling type; choose one of {sorted(POOLING)} "
+                    "(Keras MaxPooling2D / AveragePooling2D)"
+                    + (", or null to flatten." if name == "global_pool" else ".")
+                )
         if pool_stride is not None and pool_stride < 1:
             raise ValueError(f"pool_stride={pool_stride}; use a stride of at least 1, or null for pool_size.")
         self.in_channels = in_channels
@@ -147,6 +164,7 @@ class ConvNet(nn.Module):
         dense_units = list(dense_units)
         kernel_sizes = _per_layer(kernel_size, len(filters), "kernel_size")
         strides = _per_layer(stride, len(filters), "stride")
+        pool_sizes = _per_layer(pool_size, len(filters), "pool_size")
         conv_rates = [_check_rate(r, "conv_dropout") for r in _per_layer(conv_dropout, len(filters), "conv_dropout")]
         dense_rates = [
             _check_rate(r, "dense_dropout") for r in _per_layer(dense_dropout, len(dense_units), "dense_dropout")
@@ -157,29 +175,39 @@ class ConvNet(nn.Module):
 
         backbone: OrderedDict[str, nn.Module] = OrderedDict()
         channels = in_channels
-        for i, (width, k, s, rate) in enumerate(zip(filters, kernel_sizes, strides, conv_rates), start=1):
+        bn_first = batch_norm and batch_norm_before_activation
+        layers = zip(filters, kernel_sizes, strides, pool_sizes, conv_rates)
+        for i, (width, k, s, pool, rate) in enumerate(layers, start=1):
             backbone[f"conv{i}"] = Conv2D(
                 in_channels=channels,
                 filters=width,
                 kernel_size=k,
                 stride=s,
                 padding=padding,
-                activation=activation,
+                activation="linear" if bn_first else activation,
                 regularizers=regs[f"conv{i}"],
             )
             if batch_norm:
                 backbone[f"bn{i}"] = make_batch_norm(num_features=width, keras_batchnorm=keras_batchnorm)
+            if bn_first:
+                backbone[f"act{i}"] = make_activation(activation)
             if rate:
                 backbone[f"drop{i}"] = Dropout(p=rate)
-            if pool_size:
-                backbone[f"pool{i}"] = make_pooling(
-                    pool_type=pool_type, pool_size=pool_size, stride=pool_stride or pool_size
-                )
+            if pool:
+                backbone[f"pool{i}"] = make_pooling(pool_type=pool_type, pool_size=pool, stride=pool_stride or pool)
             channels = width
         self.backbone = nn.Sequential(backbone)
 
-        flat = self._flat_features()
-        head: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+        head: OrderedDict[str, nn.Module] = OrderedDict()
+        if global_pool is None:
+            flat = self._flat_features()
+        else:
+            self._flat_features()  # checks that the input survives the conv/pool stack
+            head["global_pool"] = GLOBAL_POOLING[global_pool](1)
+            flat = channels
+        head["flatten"] = nn.Flatten()
+        if _check_rate(head_dropout, "head_dropout"):
+            head["head_drop"] = Dropout(p=head_dropout)
         for i, (units, rate) in enumerate(zip(dense_units, dense_rates), start=1):
             head[f"dense{i}"] = Dense(
                 in_features=flat, units=units, activation=activation, regularizers=regs[f"dense{i}"]

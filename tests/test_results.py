@@ -1,0 +1,161 @@
+"""scripts/results.py: the quick budget on fake IDX data writes a row, the banner and the references; a config whose
+data is missing gets a "not run here" row; a crash makes the script fail; several seeds read as mean (min–max).
+The run over every shipped config on the real Fashion-MNIST is marked slow."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, write_fake_mnist
+
+SCRIPT = REPO_ROOT / "scripts" / "results.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+results = _load_script()
+
+
+def _row(text: str, config: str) -> list[str]:
+    """The cells of ``config``'s line in the results table."""
+    line = next(line for line in text.splitlines() if line.startswith(f"| `{config}` |"))
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def test_quick_run_writes_a_figure_the_quick_banner_and_the_references(tmp_path, capsys):
+    data = write_fake_mnist(tmp_path / "fashion")
+    out = tmp_path / "out" / "results.md"
+    status = results.main([
+        "--quick", "--configs", str(CONFIGS / "lenet_fashion_mnist.yaml"), "--out", str(out),
+        "--data.init_args.data_dir", str(data), "--data.init_args.download", "false",
+    ])  # fmt: skip
+
+    assert status == 0
+    text = out.read_text()
+    config, dataset, seeds, epochs, seconds, accuracy, params = _row(text, "lenet_fashion_mnist")
+    assert (dataset, seeds, epochs, params) == ("Fashion-MNIST", "42", "1", "62,226")
+    assert 0.0 <= float(accuracy) <= 1.0
+    assert float(seconds) > 0
+    assert "QUICK BUDGET — NOT RESULTS" in text
+    for name, published, *_ in results.REFERENCES:
+        assert f"| {name} | {published:g} |" in text
+    assert "| 2 Conv+pooling+BN | 0.934 | `lenet_fashion_mnist`" in text
+    assert str(tmp_path) not in text and str(REPO_ROOT) not in text  # no local paths
+    progress = capsys.readouterr().out
+    assert "lenet_fashion_mnist seed 42: running" in progress and "lenet_fashion_mnist seed 42: test acc" in progress
+
+
+def test_missing_data_is_a_not_run_row_and_a_crash_fails_the_script(tmp_path, capsys):
+    crashing = tmp_path / "crashing.yaml"  # passes the parser, then Lightning's loop raises: a traceback, status 1
+    crashing.write_text(
+        f"model: {CONFIGS / 'model' / 'lenet.yaml'}\ndata: {CONFIGS / 'data' / 'mnist.yaml'}\n"
+        "trainer:\n  max_steps: -5\n"
+    )
+    out = tmp_path / "results.md"
+    status = results.main([
+        "--quick", "--configs", str(CONFIGS / "lenet_mnist.yaml"), str(crashing), "--out", str(out),
+        "--data.init_args.data_dir", str(tmp_path / "empty"), "--data.init_args.download", "false",
+    ])  # fmt: skip
+
+    assert status == 1
+    text = out.read_text()  # written all the same
+    assert _row(text, "lenet_mnist")[5] == "not run here: MNIST not found and data.download is false"
+    assert _row(text, "crashing")[5].startswith("**FAILED**: exit status 1: ")
+    assert "max_steps" in _row(text, "crashing")[5]
+    assert str(tmp_path) not in text
+    err = capsys.readouterr().err
+    assert "crashing (seed 42) FAILED" in err and 'File "' in err  # loud, with the end of the run's traceback
+
+
+def _run(seed: int, acc: float, epochs: int, seconds: float) -> results.Run:
+    return results.Run("best_fashion_mnist", seed, seconds=seconds, test_acc=acc, epochs=epochs, params=1_500,
+                       trainable=1_400)  # fmt: skip
+
+
+def test_several_seeds_read_as_mean_and_range():
+    row = results.Row("best_fashion_mnist", "Fashion-MNIST", [_run(42, 0.93, 13, 800), _run(1, 0.95, 13, 820),
+                                                              _run(2, 0.94, 11, 840)])  # fmt: skip
+    assert results.row_cells(row) == [
+        "`best_fashion_mnist`", "Fashion-MNIST", "42, 1, 2", "12 (11–13)", "820 (800–840)",
+        "0.9400 (0.9300–0.9500)", "1,500 (1,400 trainable)",
+    ]  # fmt: skip
+    assert results.spread([0.9312], results._accuracy) == "0.9312"
+    assert results.spread([13, 13, 13], results._count) == "13"  # equal values once
+
+
+def test_seeds_follow_the_seeds_table_in_the_full_budget_only():
+    assert results.seeds_for("best_fashion_mnist", None, quick=False) == (42, 1, 2)
+    assert results.seeds_for("best_fashion_mnist", None, quick=True) == (42,)
+    assert results.seeds_for("lenet_fashion_mnist", None, quick=False) == (42,)
+    assert results.seeds_for("lenet_fashion_mnist", [3, 4], quick=False) == (3, 4)
+
+
+def test_reasons_keep_no_local_paths():
+    weights = (
+        "weights='IMAGENET1K_V1': /home/me/.cache/torch/hub/checkpoints/vgg16-397923af.pth is not there and "
+        "downloading https://download.pytorch.org/models/vgg16-397923af.pth failed (<urlopen error>); offline, copy "
+        "that file to this path or set weights to a local state-dict file."
+    )
+    assert results.public_reason(weights) == (
+        "weights='IMAGENET1K_V1': vgg16-397923af.pth is not there and downloading "
+        "https://download.pytorch.org/models/vgg16-397923af.pth failed (<urlopen error>)"
+    )
+    data = "CIFAR-10 not found (looked in: /srv/data, data for x) and downloading it failed (URLError). Fix: set it"
+    assert results.public_reason(data) == "CIFAR-10 not found and downloading it failed (URLError)"
+
+
+def test_keras_figures_join_the_references_when_their_file_exists(tmp_path, monkeypatch):
+    lenet = results.Run("lenet_fashion_mnist", 42, test_acc=0.88, epochs=8, seconds=80, params=62_226)
+    rows = [results.Row("lenet_fashion_mnist", "Fashion-MNIST", [lenet])]
+    monkeypatch.setattr(results, "KERAS_RESULTS", tmp_path / "keras_results.json")
+    assert not any("Keras" in line for line in results.reference_table(rows))  # no file, no row
+
+    results.KERAS_RESULTS.write_text('[{"name": "LeNet", "test_acc": 0.8791, "config": "lenet_fashion_mnist"}]')
+    keras_row = "| Keras, the course's code: LeNet | 0.8791 | `lenet_fashion_mnist` | 0.8800 |"
+    assert keras_row in results.reference_table(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist package")
+def test_quick_budget_over_every_config_on_the_real_data(tmp_path):
+    out = tmp_path / "results.md"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    text = out.read_text()
+    for config in results.experiment_configs():
+        accuracy = _row(text, config.stem)[5]
+        assert accuracy.startswith("not run here: ") or 0.0 <= float(accuracy) <= 1.0, (config.stem, accuracy)
+    assert 0.0 <= float(_row(text, "lenet_fashion_mnist")[5]) <= 1.0  # the offline data is there: it must have run
+
+
+def test_readme_results_section_is_results_md():
+    """The README's results section is results.md as the script copies it: neither is edited apart."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start, end = readme.index(results.README_START), readme.index(results.README_END)
+    section = readme[start + len(results.README_START) : end].strip()
+    assert section == results.readme_section((REPO_ROOT / "results.md").read_text())
+
+
+def test_update_readme_replaces_only_the_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# P\n\n## Results\n{results.README_START}\nold\n{results.README_END}\n\n## Next\n")
+    results.update_readme(readme, "# Results\n\nnew table\n\n## References\nrow\n")
+    assert readme.read_text() == (
+        f"# P\n\n## Results\n{results.README_START}\nnew table\n\n### References\nrow\n{results.README_END}\n\n## Next\n"
+    )
+    readme.write_text("# P\n")
+    with pytest.raises(SystemExit, match="no results section"):
+        results.update_readme(readme, "x")
