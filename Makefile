@@ -30,14 +30,15 @@ data:
 quickstart: setup data
 	$(BIN)/python cli.py fit --config configs/lenet_fashion_mnist.yaml
 
-# One pytest-xdist worker per core; the multi-process tests share one worker (tests/conftest.py).
-XDIST := -n auto --dist loadgroup
-
+# The tests in one pytest-xdist worker per core, then the multi-process ones (DDP, kill and resume) one at a time,
+# so two process groups never compete; the exit status is non-zero if either part fails.
 test: setup data
-	$(BIN)/python -m pytest $(XDIST)
+	$(BIN)/python -m pytest -n auto -m "not multiprocess"; single=$$?; \
+	$(BIN)/python -m pytest -m multiprocess; multi=$$?; \
+	test $$single = 0 && test $$multi = 0
 
 test-fast: setup
-	$(BIN)/python -m pytest $(XDIST) -m "not slow and not multiprocess"
+	$(BIN)/python -m pytest -n auto -m "not slow and not multiprocess"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,8 +2,8 @@
 ``cli.py fit`` process of its own, and the figures written to ``results.md`` beside published references.
 
     python scripts/results.py                 # full budget: results.md and the README's "Results" (long)
-    python scripts/results.py --quick         # a few batches per config, to check that each runs end to end
-    python scripts/results.py --configs configs/lenet_fashion_mnist.yaml --out /tmp/results.md
+    python scripts/results.py --quick         # a few batches per config (into results-quick.md): does each run?
+    python scripts/results.py --configs configs/lenet_fashion_mnist.yaml --out lenet.md
     python scripts/results.py --quick --data.init_args.download false   # unknown options go to every run
 
 The configs are the experiments at the top of ``configs/`` (the pieces in its sub-folders are not experiments;
@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
 DEFAULT_OUT = REPO / "results.md"
+QUICK_OUT = "results-quick.md"
 README = REPO / "README.md"
 #: The README's results section lies between these lines; a full-budget run into the default ``results.md`` copies
 #: the file there (its title dropped, its headings one level down), so the two never disagree.
@@ -440,8 +441,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "here are passed to every `cli.py fit` run (e.g. --trainer.accelerator cpu).",
         allow_abbrev=False,
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown file to write (default: "
-                        "results.md at the repository root)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="the Markdown file to write (default: results.md at the "
+                        f"repository root; with --quick, {QUICK_OUT} in the current folder, so the real table is "
+                        "never replaced by a check)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help=f"cut every run to {QUICK_TRAINER.name} (a few "
                         "batches): checks that each config runs; the file says so")  # fmt: skip
     parser.add_argument("--configs", nargs="+", type=Path, help="experiment configs to run (default: "
@@ -452,6 +454,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--runs-dir", type=Path, help="where run folders go (default: runs/ at the repository "
                         "root; with --quick a temporary folder, removed at the end)")  # fmt: skip
     args, extra = parser.parse_known_args(argv)
+    if args.out is None:
+        args.out = Path(QUICK_OUT) if args.quick else DEFAULT_OUT
     missing = [str(config) for config in args.configs or () if not config.is_file()]
     if missing:
         parser.error(f"--configs: no such file: {', '.join(missing)}")

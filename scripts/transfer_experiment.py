@@ -1,7 +1,7 @@
 """Transfer learning offline, on real data: pretrain, then fine-tune on a new task five ways, from scratch once.
 
     python scripts/transfer_experiment.py                  # the README's numbers (several minutes on 2 CPU cores)
-    python scripts/transfer_experiment.py --quick --out /tmp/transfer   # every run shortened: a check
+    python scripts/transfer_experiment.py --quick --out transfer-check   # every run shortened: a check
 
 1. ``configs/transfer/pretrain_fashion_0to4.yaml``: the slides' BatchNorm/Dropout CNN on Fashion-MNIST classes
    0–4 (the source task), all their training images;
@@ -205,15 +205,18 @@ def tables(results: dict[str, RunResult], quick: bool) -> str:
         "pretrained model's own head; before fine-tuning (the pretrained model itself), and for the weights whose "
         "target accuracy is reported (the best validation epoch's checkpoint).",
         "",
-        "| strategy | source acc before | source acc after (epochs trained) | change | target test accuracy |",
-        "|---|---|---|---|---|",
+        "| strategy | source acc before | source acc after (epochs trained) | change | source acc at the end "
+        "(epochs) | target test accuracy |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ("frozen", "unfreeze", "full"):
         r = results[name]
         change = "–" if r.source_after is None else f"{(r.source_after - r.source_before) * 100:+.2f} pt"
+        end_epoch, end_acc = r.source_history[-1] if r.source_history else (None, None)
+        end = "–" if end_acc is None else f"{_pct(end_acc)} ({end_epoch + 1})"
         lines.append(
             f"| {r.label} | {_pct(r.source_before)} | {_pct(r.source_after)} ({r.tested_epoch + 1}) | {change} | "
-            f"{_pct(r.test_acc)} |"
+            f"{end} | {_pct(r.test_acc)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -180,11 +180,3 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run the test in its own folder, so default paths (./data, runs/...) never touch the checkout."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), the tests that start processes of their
-    own (DDP, kill and resume) run one after another in one worker, so two process groups never compete."""
-    for item in items:
-        if item.get_closest_marker("multiprocess"):
-            item.add_marker(pytest.mark.xdist_group("multiprocess"))

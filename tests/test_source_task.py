@@ -215,5 +215,18 @@ def test_state_dict_round_trip(pretrained, tmp_path):
     torch.save(monitor.state_dict(), tmp_path / "state.pt")
     resumed = SourceTaskMonitor(checkpoint, source_data(data_dir))
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))  # plain data only
+    resumed._apply_restored()  # what on_fit_start does when fitting resumes
     assert (resumed.before, resumed.history) == (0.9, [(0, 0.85), (1, 0.8)])
     assert resumed.state_key == monitor.state_key
+
+
+def test_testing_an_earlier_checkpoint_after_fit_keeps_the_whole_history(pretrained, in_tmp):
+    # The best checkpoint is the first epoch's (monitor: epoch, mode: min); testing it after fit restores callback
+    # states, which must not cut the run's history back to that epoch.
+    checkpoint, data_dir = pretrained
+    args = monitored_fit_args(checkpoint, data_dir, in_tmp)[:-2]  # test after fit (the default)
+    cli = CNNCLI(args=[*args, "--trainer.max_epochs", "2", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "min"])
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).name == "best-epoch00.ckpt"
+    assert "test/acc" in cli.trainer.callback_metrics
+    monitor = next(c for c in cli.trainer.callbacks if isinstance(c, SourceTaskMonitor))
+    assert [epoch for epoch, _ in monitor.history] == [0, 1]

@@ -118,6 +118,9 @@ class SourceTaskMonitor(Callback):
         self.before: Optional[float] = None
         #: ``(epoch, source accuracy)`` after each evaluated training epoch.
         self.history: list[tuple[int, float]] = []
+        # What a checkpoint restored, applied when fitting resumes. Testing a checkpoint after fit restores callback
+        # states too; applying it then would cut the run's history back to that checkpoint's epoch.
+        self._restored: Optional[dict[str, Any]] = None
         self._head: nn.Module = self.source.net.head.eval()
         self._loader: Optional[Any] = None
         self._num_batches: Optional[int] = None  # None: the whole split
@@ -247,6 +250,7 @@ class SourceTaskMonitor(Callback):
         self._head = trainer.precision_plugin.convert_module(self._head.to(pl_module.device)).eval()
         if getattr(pl_module, "_channels_last", False):
             self._head.to(memory_format=torch.channels_last)
+        self._apply_restored()
         if self.before is None:  # a resumed run keeps the value of the run's real start
             self.before, _ = self._evaluate(trainer, pl_module)
             if self.verbose:
@@ -272,9 +276,16 @@ class SourceTaskMonitor(Callback):
         return {"before": self.before, "history": [list(entry) for entry in self.history]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        before = state_dict.get("before")
+        self._restored = dict(state_dict)
+
+    def _apply_restored(self) -> None:
+        """Take over a resumed run's ``before`` and ``history`` (see ``_restored``)."""
+        if self._restored is None:
+            return
+        before = self._restored.get("before")
         self.before = None if before is None else float(before)
-        self.history = [(int(epoch), float(accuracy)) for epoch, accuracy in state_dict.get("history", [])]
+        self.history = [(int(epoch), float(accuracy)) for epoch, accuracy in self._restored.get("history", [])]
+        self._restored = None
 
 
 def _load_source(checkpoint: str) -> ImageClassifier:
