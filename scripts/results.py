@@ -46,6 +46,9 @@ from typing import Optional
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from machine import cpu_name  # noqa: E402  (the benchmarks' machine line; that folder is not a package)
+
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
@@ -348,24 +351,13 @@ def reference_table(rows: Sequence[Row]) -> list[str]:
     return _markdown_table(["published", "test accuracy", "nearest config here", "ours"], lines)
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_description(rows: Sequence[Row]) -> str:
     """CPU model and cores, GPU use, Python, torch and Lightning versions: nothing that names a local path."""
     used = [run.gpu_used for row in rows for run in row.runs if run.gpu_used is not None]
     gpu = ("GPU used" if any(used) else "no GPU used") if used else "GPU use unknown"
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "pytorch-lightning"))
     return (
-        f"{_cpu_name()}, {os.cpu_count()} cores, {gpu}; {platform.system()}, Python {platform.python_version()}, "
+        f"{cpu_name()}, {os.cpu_count()} cores, {gpu}; {platform.system()}, Python {platform.python_version()}, "
         f"{versions}"
     )
 
