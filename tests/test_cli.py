@@ -226,6 +226,15 @@ def test_a_global_batch_that_does_not_split_over_the_processes_fails_before_anyt
     assert not (in_tmp / "runs").exists()  # no process started, no version folder, no config
 
 
+def test_top_level_help_lists_the_subcommands(capsys):
+    # A newcomer's first command: `python cli.py --help` (no subcommand yet) prints the subcommands and exits 0.
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--help"])
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("fit", "validate", "test", "predict", "summary", "preview", "export")), out
+
+
 def test_a_fast_dev_run_writes_nothing(in_tmp):
     data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
     before = sorted(in_tmp.rglob("*"))

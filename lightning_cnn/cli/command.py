@@ -165,6 +165,8 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         a config never types its own folder."""
         subcommands = getattr(self, "_subcommand_parsers", {})  # none when the CLI is built with run=False
         subcommand = next((arg for arg in argv if arg in subcommands), None)
+        if subcommands and subcommand is None:
+            return  # e.g. `cli.py --help`: the top-level parser has no trainer to set
         folder = f"{RUNS_DIR}/{_experiment_name(argv, default=subcommand or 'run')}"
         loggers = [{"class_path": cls, "init_args": {"save_dir": folder, "name": ""}} for cls in _DEFAULT_LOGGERS]
         (subcommands[subcommand] if subcommand else parser).set_defaults({"trainer.logger": loggers})
