@@ -243,6 +243,16 @@ def test_a_fast_dev_run_writes_nothing(in_tmp):
     assert sorted(in_tmp.rglob("*")) == before  # no checkpoints/last.ckpt, pictures or reports in the working folder
 
 
+def test_enable_checkpointing_false_trains_and_tests_without_checkpoints(in_tmp, capsys):
+    data = ["--data.init_args.data_dir", str(write_fake_mnist(in_tmp / "mnist")), "--data.init_args.download", "false"]
+    cli = run_cli(["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *SMOKE, *data,
+                   "--trainer.enable_checkpointing", "false"])  # fmt: skip
+    assert cli.trainer.state.finished
+    assert not cli.trainer.checkpoint_callbacks
+    assert not list(Path(cli.trainer.log_dir).rglob("*.ckpt"))
+    assert "test/acc" in capsys.readouterr().out  # test_after_fit used the final weights
+
+
 def test_importing_the_cli_leaves_the_warning_filters_alone():
     # The CLI silences a few Lightning notices while it runs (CNNCLI.__init__), not for the importing process.
     code = (

@@ -13,7 +13,8 @@ from typing import Any, Optional
 import torch
 from jsonargparse import Namespace
 from jsonargparse.typing import PositiveInt
-from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning import Callback, LightningDataModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from lightning_cnn.callbacks import (
@@ -343,6 +344,13 @@ class CNNCLI(ToolSubcommands, LightningCLI):
                 f"model.init_args.net ({name}) gives outputs of shape {got} per image, but the data has "
                 f"{datamodule.num_classes} classes; the net must return one logit per class (its num_classes)."
             )
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # `trainer.enable_checkpointing: false` means no checkpoints: leave out the always-on `checkpoint:` and
+        # `resume_checkpoint:` callbacks, which Lightning would otherwise refuse with a traceback.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, LightningModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_cnn.augmentation import Augmentation, seed_worker
-from lightning_cnn.data.dataset import ImageArrays, InMemoryImageDataset, _collate_batch
+from lightning_cnn.data.dataset import ImageArrays, ImageFileDataset, InMemoryImageDataset, _collate_batch
 from lightning_cnn.data.errors import DataNotFoundError
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
 from lightning_cnn.preprocessing import Preprocessing, resize_normalized, resize_uint8
@@ -283,35 +283,50 @@ class ImageDataModule(pl.LightningDataModule):
         train, test = self._read(folder)
         train_images, train_labels = self._prepare(train)
         test_images, test_labels = self._prepare(test)
-
-        generator = torch.Generator().manual_seed(self.seed)
-        n = len(train_labels)
-        n_val = _count(self.val_split, n)
-        if n_val >= n:
-            raise ValueError(f"val_split={self.val_split} leaves no training samples out of {n}; use a smaller value.")
-        order = torch.arange(n) if self.val_split_mode == "last" else torch.randperm(n, generator=generator)
-        train_idx, val_idx = order[: n - n_val], order[n - n_val :]
-        if self.train_size is not None:
-            keep = _count(self.train_size, len(train_idx))
-            train_idx = train_idx[torch.randperm(len(train_idx), generator=generator)[:keep]]
+        train_idx, val_idx = self._split_indices(len(train_labels))
 
         make = self._dataset
         self.train_set = make(train_images[train_idx], train_labels[train_idx], self.train_transform)
         if self.augmentation is not None:
             self._build_augmentation(self.train_set)
-        self.val_set = make(train_images[val_idx], train_labels[val_idx]) if n_val else None
+        self.val_set = make(train_images[val_idx], train_labels[val_idx]) if len(val_idx) else None
         self.test_set = make(test_images, test_labels)
+
+    def _split_indices(self, n: int, val_split: Union[int, float, None] = None) -> tuple[Tensor, Tensor]:
+        """Which of ``n`` training samples train and which validate: ``val_split`` of them (a seeded permutation's
+        last ones, or the last ones in ``"last"`` mode), then ``train_size`` of the rest — the same on every
+        process. ``val_split`` overrides the datamodule's (0: all train, e.g. when a folder holds the validation set).
+
+        Raises:
+            ValueError: If ``val_split`` leaves no training sample.
+        """
+        val_split = self.val_split if val_split is None else val_split
+        generator = torch.Generator().manual_seed(self.seed)
+        n_val = _count(val_split, n)
+        if n_val >= n:
+            raise ValueError(f"val_split={val_split} leaves no training samples out of {n}; use a smaller value.")
+        order = torch.arange(n) if self.val_split_mode == "last" else torch.randperm(n, generator=generator)
+        train_idx, val_idx = order[: n - n_val], order[n - n_val :]
+        if self.train_size is not None:
+            keep = _count(self.train_size, len(train_idx))
+            train_idx = train_idx[torch.randperm(len(train_idx), generator=generator)[:keep]]
+        return train_idx, val_idx
+
+    def _subset_classes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The samples of the ``classes`` kept (a boolean mask) and their labels renumbered ``0..k-1`` in the order
+        ``classes`` gives; without ``classes``, all samples and their labels."""
+        if not self.classes:
+            return np.ones(len(labels), dtype=bool), labels
+        keep = np.isin(labels, self.classes)
+        remap = np.full(len(self.class_names), -1, dtype=np.int64)
+        remap[self.classes] = np.arange(len(self.classes))
+        return keep, remap[labels[keep]]
 
     def _prepare(self, split: ImageArrays) -> tuple[Tensor, Tensor]:
         """Class subset and relabelling, then a resize when it shrinks the images; returns uint8 ``(N, C, H, W)``
         and int64 labels."""
-        images, labels = split.images, split.labels
-        if self.classes:
-            keep = np.isin(labels, self.classes)
-            images, labels = images[keep], labels[keep]
-            remap = np.full(len(self.class_names), -1, dtype=np.int64)
-            remap[self.classes] = np.arange(len(self.classes))
-            labels = remap[labels]
+        keep, labels = self._subset_classes(split.labels)
+        images = split.images[keep] if self.classes else split.images
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         height, width = x.shape[-2:]
         enlarged_bytes = x.shape[0] * x.shape[1] * self.image_size[0] * self.image_size[1]
@@ -353,11 +368,13 @@ class ImageDataModule(pl.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         workers = self.num_workers
+        # Per-sample augmentation and decoding files are the loader's work: then it gets workers by default.
+        busy = dataset.transform is not None or isinstance(dataset, ImageFileDataset)
         if workers is None:
-            workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if dataset.transform is not None else 0
+            workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if busy else 0
         persistent = self.persistent_workers if self.persistent_workers is not None else workers > 0
         pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
-        augmenting = dataset.transform is not None and workers > 0
+        augmenting = busy and workers > 0
         common = dict(
             num_workers=workers,
             persistent_workers=persistent and workers > 0,

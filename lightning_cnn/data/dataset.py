@@ -1,15 +1,22 @@
-"""The in-memory dataset side: a parsed split (:class:`ImageArrays`), the dataset that serves it
-(:class:`InMemoryImageDataset`) and the label check the readers run on it.
+"""The dataset side: a parsed split (:class:`ImageArrays`), the two datasets that serve batches of it, and the
+label check the readers run on it.
 
-Images stay uint8 in memory; each batch is cut out of the array in one indexing operation and turned into
-floats there (``__getitems__``), which keeps the loader far faster than the model on small images.
+- :class:`InMemoryImageDataset`: images stay uint8 in memory; each batch is cut out of the array in one indexing
+  operation and turned into floats there (``__getitems__``), which keeps the loader far faster than the model on
+  small images.
+- :class:`ImageFileDataset`: only the file paths are held; each batch is decoded and resized from its files when
+  it is asked for (in the DataLoader workers), so memory does not grow with the dataset.
+
+Both build a batch the same way after that (augmentation seeded by the batch, then normalization), so a folder
+trains the same in memory or streamed.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -18,9 +25,9 @@ from torch.utils.data import Dataset
 
 from lightning_cnn.augmentation import draw_seed
 from lightning_cnn.data.errors import CorruptDataError
-from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
+from lightning_cnn.preprocessing import normalize_uint8, read_image, resize_uint8
 
-__all__ = ["ImageArrays", "InMemoryImageDataset", "check_label_range"]
+__all__ = ["ImageArrays", "ImageFileDataset", "InMemoryImageDataset", "check_label_range", "decode_resized"]
 
 
 def check_label_range(labels: np.ndarray, num_classes: Optional[int], path: Path) -> None:
@@ -56,7 +63,85 @@ def _collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-class InMemoryImageDataset(Dataset):
+def decode_resized(path: Union[str, Path], grayscale: bool, size: tuple[int, int]) -> Tensor:
+    """One image file decoded (:func:`~lightning_cnn.preprocessing.read_image`) and resized to ``size``: uint8
+    ``(C, H, W)``, as a folder's images are prepared whether they are held in memory or streamed.
+
+    Raises:
+        OSError: If the file cannot be decoded.
+    """
+    array = read_image(path, grayscale=grayscale)
+    return resize_uint8(torch.from_numpy(array).permute(2, 0, 1)[None], size)[0]
+
+
+class _ImageBatches(Dataset):
+    """What both datasets share: the labels, the normalization, the per-sample augmentation seeded by the batch,
+    and ``__getitems__``, which turns the uint8 images a subclass loads (``_load``) into a ready float batch."""
+
+    def __init__(
+        self,
+        labels: Tensor,
+        channels: int,
+        mean: Optional[Sequence[float]],
+        std: Optional[Sequence[float]],
+        to_rgb: bool,
+        transform: Optional[Callable[..., dict[str, Any]]],
+        size: tuple[int, int],
+    ) -> None:
+        self.labels = labels
+        self.size = tuple(size)
+        self.to_rgb = to_rgb
+        self.transform = transform
+        channels = 3 if to_rgb else channels
+        self.mean = (
+            None if mean is None else torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+        )
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+        # In shared memory, so persistent DataLoader workers see the epoch the loader sets.
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the augmentation draws are keyed by (the training loader sets it before each epoch)."""
+        self.epoch.fill_(epoch)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
+        """The uint8 ``(n, C, H, W)`` images at ``indices`` and the positions in ``indices`` they are for
+        (``None``: all of them, in order)."""
+        raise NotImplementedError
+
+    def _augment(self, images: Tensor, indices: list[int]) -> Tensor:
+        if hasattr(self.transform, "set_random_seed"):
+            seed = getattr(self.transform, "seed", None) or 0
+            self.transform.set_random_seed(draw_seed(seed, int(self.epoch), *indices))
+        arrays = images.permute(0, 2, 3, 1).numpy()
+        out = [self.transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
+        stacked = torch.from_numpy(np.stack(out))
+        if stacked.ndim == 3:  # single-channel transforms may drop the channel axis
+            stacked = stacked.unsqueeze(-1)
+        return stacked.permute(0, 3, 1, 2)
+
+    def to_float(self, images: Tensor) -> Tensor:
+        """uint8 ``(N, C, H, W)`` -> normalized float32, with the channel expansion."""
+        return normalize_uint8(images, self.mean, self.std, self.to_rgb)
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        images, kept = self._load(indices)
+        labels = self.labels[torch.as_tensor(indices if kept is None else [indices[k] for k in kept], dtype=torch.long)]
+        if self.transform is not None and len(images):
+            images = self._augment(resize_uint8(images, self.size), indices)
+        return self.to_float(images), labels
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([index])
+        if not len(y):
+            raise IndexError(f"sample {index} cannot be read (see the warning naming its file)")
+        return x[0], y[0]
+
+
+class InMemoryImageDataset(_ImageBatches):
     """Images held as one uint8 tensor; indexing a list of indices returns a ready float batch.
 
     Args:
@@ -86,48 +171,63 @@ class InMemoryImageDataset(Dataset):
         transform: Optional[Callable[..., dict[str, Any]]] = None,
         size: Optional[tuple[int, int]] = None,
     ) -> None:
+        size = tuple(size) if size is not None else tuple(images.shape[-2:])
+        super().__init__(labels, images.shape[1], mean, std, to_rgb, transform, size)
         self.images = images
-        self.size = tuple(size) if size is not None else tuple(images.shape[-2:])
-        self.labels = labels
-        self.to_rgb = to_rgb
-        self.transform = transform
-        channels = 3 if to_rgb else images.shape[1]
-        self.mean = (
-            None if mean is None else torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
-        )
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
-        # In shared memory, so persistent DataLoader workers see the epoch the loader sets.
-        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch the augmentation draws are keyed by (the training loader sets it before each epoch)."""
-        self.epoch.fill_(epoch)
+    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
+        return self.images[torch.as_tensor(indices)], None
 
-    def __len__(self) -> int:
-        return len(self.labels)
 
-    def _augment(self, images: Tensor, indices: list[int]) -> Tensor:
-        if hasattr(self.transform, "set_random_seed"):
-            seed = getattr(self.transform, "seed", None) or 0
-            self.transform.set_random_seed(draw_seed(seed, int(self.epoch), *indices))
-        arrays = images.permute(0, 2, 3, 1).numpy()
-        out = [self.transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
-        stacked = torch.from_numpy(np.stack(out))
-        if stacked.ndim == 3:  # single-channel transforms may drop the channel axis
-            stacked = stacked.unsqueeze(-1)
-        return stacked.permute(0, 3, 1, 2)
+class ImageFileDataset(_ImageBatches):
+    """Images read from their files batch by batch: each file is decoded and resized to ``size`` when its batch is
+    built, normally in a DataLoader worker, so memory holds the paths only.
 
-    def to_float(self, images: Tensor) -> Tensor:
-        """uint8 ``(N, C, H, W)`` -> normalized float32, with the channel expansion."""
-        return normalize_uint8(images, self.mean, self.std, self.to_rgb)
+    A file that cannot be decoded is left out of its batch (which is one image shorter) and named in a warning, once
+    per process; the datamodule's scan at setup leaves out the files whose header does not read, so this is for
+    damage only a full decode finds (a truncated JPEG).
 
-    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices)
-        images = self.images[index]
-        if self.transform is not None:
-            images = self._augment(resize_uint8(images, self.size), indices)
-        return self.to_float(images), self.labels[index]
+    Args:
+        paths: One image file per sample.
+        labels: int64 ``(N,)``.
+        size: ``(H, W)`` every image is resized to.
+        grayscale: Decode as one channel (``L``) instead of RGB.
+        mean, std, to_rgb, transform: As for :class:`InMemoryImageDataset`.
+    """
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        x, y = self.__getitems__([index])
-        return x[0], y[0]
+    def __init__(
+        self,
+        paths: Sequence[Union[str, Path]],
+        labels: Tensor,
+        size: tuple[int, int],
+        grayscale: bool = False,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        to_rgb: bool = False,
+        transform: Optional[Callable[..., dict[str, Any]]] = None,
+    ) -> None:
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        super().__init__(labels, 1 if grayscale else 3, mean, std, to_rgb, transform, size)
+        self.paths = [str(p) for p in paths]
+        self.grayscale = grayscale
+        self._reported: set[str] = set()
+
+    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
+        images, kept = [], []
+        for position, index in enumerate(indices):
+            path = self.paths[index]
+            try:
+                images.append(decode_resized(path, self.grayscale, self.size))
+            except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+                if path not in self._reported:
+                    self._reported.add(path)
+                    warnings.warn(
+                        f"{path} cannot be read as an image ({err}); skipped: fix or remove it.", stacklevel=2
+                    )
+                continue
+            kept.append(position)
+        if not images:
+            channels = 1 if self.grayscale else 3
+            return torch.zeros((0, channels, *self.size), dtype=torch.uint8), []
+        return torch.stack(images), (None if len(kept) == len(indices) else kept)

@@ -27,12 +27,22 @@ from lightning_cnn.data.dataset import InMemoryImageDataset, _collate_batch
 from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
 from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, Preprocessing, list_image_files
 
-__all__ = ["ImageFilesDataModule", "PredictionInputs", "load_inputs"]
+__all__ = ["ImageFilesDataModule", "PredictionInputs", "load_inputs", "warn_unreadable"]
 
 # Label of an image whose class is unknown (new data); the prediction files leave its `label` column empty.
 UNKNOWN_LABEL = -1
 # Unreadable files named in the warning before it says "... and N more".
 _SKIPPED_SHOWN = 5
+
+
+def warn_unreadable(skipped: Sequence[str]) -> None:
+    """One warning (rank 0) naming the first few files that could not be read and counting the rest; none if
+    ``skipped`` is empty."""
+    if skipped:
+        more = f" and {len(skipped) - _SKIPPED_SHOWN} more" if len(skipped) > _SKIPPED_SHOWN else ""
+        rank_zero_warn(
+            f"skipped {len(skipped)} file(s) that are not readable images: {', '.join(skipped[:_SKIPPED_SHOWN])}{more}"
+        )
 
 
 class PredictionInputs:
@@ -81,11 +91,7 @@ def load_inputs(inputs: Union[str, Path, Sequence[Union[str, Path]]], preprocess
             skipped.append(f"{file} ({type(err).__name__})")
             continue
         ids.append(str(file))
-    if skipped:
-        more = f" and {len(skipped) - _SKIPPED_SHOWN} more" if len(skipped) > _SKIPPED_SHOWN else ""
-        rank_zero_warn(
-            f"skipped {len(skipped)} file(s) that are not readable images: {', '.join(skipped[:_SKIPPED_SHOWN])}{more}"
-        )
+    warn_unreadable(skipped)
     if not images:
         raise CorruptDataError(f"none of the {len(files)} file(s) given could be read as an image.")
     return PredictionInputs(torch.stack(images), ids, skipped)
