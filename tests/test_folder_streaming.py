@@ -16,8 +16,8 @@ from lightning_cnn.cli import CNNCLI
 from lightning_cnn.data import CorruptDataError, ImageFolderDataModule
 from lightning_cnn.data import folder as folder_module
 from lightning_cnn.data.dataset import ImageFileDataset
-from tests.conftest import write_fake_image_folder
-from tests.test_ddp import assert_same_weights, write_experiment
+from tests.conftest import CONFIGS, write_fake_image_folder
+from tests.test_ddp import GLOBAL_BATCH, assert_same_weights, final_weights, run_cli, write_experiment
 from tests.test_resume import KillAtStep, Killed, _callback
 
 AUGMENTATION = {
@@ -176,3 +176,25 @@ def test_streamed_resume_mid_epoch_is_exact(tmp_path, monkeypatch):
     resumed = _fit(tmp_path / "killed", monkeypatch, data_dir, *args, "--ckpt_path", "last")
     assert resumed.trainer.global_step == reference.trainer.global_step == 10
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
+
+
+@pytest.mark.multiprocess
+def test_streamed_two_process_ddp_trains_the_one_process_model(tmp_path):
+    # Each rank decodes only its share of every global batch; together they are the one-process batch.
+    data_dir = write_fake_image_folder(tmp_path / "ds", per_class=16, suffix=".jpg")
+    runs = {}
+    for name, trainer in (("one", ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]),
+                          ("two", ["--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml")])):  # fmt: skip
+        folder = tmp_path / name
+        folder.mkdir()
+        config = write_experiment(folder, data_dir, max_epochs=2)
+        document = yaml.safe_load(config.read_text())
+        document["data"] = {
+            "class_path": "lightning_cnn.data.ImageFolderDataModule",
+            "init_args": {"data_dir": str(data_dir), "image_size": 28, "grayscale": True, "in_memory": False,
+                          "global_batch_size": GLOBAL_BATCH // 4, "val_split": 8, "num_workers": 1},
+        }  # fmt: skip
+        config.write_text(yaml.safe_dump(document))
+        run_cli(folder, "fit", "--config", str(config), *trainer)
+        runs[name] = final_weights(folder)
+    assert_same_weights(runs["two"], runs["one"], atol=1e-5)
