@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Re-install only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,export]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export,stream]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(f for f in folder.rglob("*") if f.is_file() and has_file_allowed_extension(f.name, IMAGE_EXTENSIONS))
 
 
-def read_image(path: Union[str, Path], grayscale: bool) -> np.ndarray:
+def read_image(path: Union[str, Path, BinaryIO], grayscale: bool) -> np.ndarray:
     """Decode an image file as uint8 ``(H, W, C)`` with C = 1 (``L``) or 3 (``RGB``).
 
     PIL, not ``torchvision.io.decode_image``: that is deprecated since torchvision 0.29, reads no BMP or TIFF, and

@@ -104,6 +104,13 @@ def _image_folder_data(folder: Path) -> dict[str, Any]:
     return {"data_dir": str(folder)}
 
 
+def _shard_data(folder: Path) -> dict[str, Any]:
+    from lightning_cnn.data import MNISTDataModule, write_shards
+
+    source = MNISTDataModule(data_dir=str(write_fake_mnist(folder / "mnist")), download=False, val_split=40)
+    return {"data_dir": str(write_shards(source, folder / "shards", num_workers=1))}
+
+
 #: Registry name → a writer of tiny fake data in that datamodule's real format into a folder, returning the
 #: constructor arguments that read it. A datamodule registered without a writer here fails
 #: ``tests/test_data.py::test_every_datamodule_has_a_fake_data_writer``.
@@ -113,6 +120,7 @@ FAKE_DATA: dict[str, Callable[[Path], dict[str, Any]]] = {
     "cifar10": lambda folder: {"data_dir": str(write_fake_cifar(folder, 10))},
     "cifar100": lambda folder: {"data_dir": str(write_fake_cifar(folder, 100, n_per_batch=120))},
     "image_folder": _image_folder_data,
+    "shards": _shard_data,
 }
 
 

@@ -98,7 +98,7 @@ _DESCRIPTION = (
 
 class CNNCLI(ToolSubcommands, LightningCLI):
     """LightningCLI with the datamodule → model links, a ``test_after_fit`` switch (on by default), runs logged into
-    ``runs/<experiment>/`` and the tools ``summary``, ``preview`` and ``export`` as subcommands."""
+    ``runs/<experiment>/`` and the tools ``summary``, ``preview``, ``export`` and ``optimize`` as subcommands."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", _ConciseParser)
@@ -151,6 +151,15 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         )
         # The writer saves every prediction; keeping them all in memory as well would double the cost.
         predict.set_defaults({"return_predictions": False})
+        # optimize converts data only: a default model (never trained or saved), so --data alone is a whole config.
+        self._subcommand_parsers["optimize"].set_defaults(
+            {
+                "model": {
+                    "class_path": "lightning_cnn.ImageClassifier",
+                    "init_args": {"net": "lightning_cnn.models.LeNet"},
+                }
+            }
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         self._argv: list[str] = []

@@ -1,4 +1,4 @@
-"""The package's tools as subcommands of the CLI: ``summary``, ``preview`` and ``export`` run with the same config
+"""The package's tools as subcommands of the CLI: ``summary``, ``preview``, ``export`` and ``optimize`` run with the same
 (model, data, trainer) as ``fit``, plus each tool's own options (its method's signature, read as Lightning reads
 ``Trainer.fit``'s).
 """
@@ -16,6 +16,8 @@ from lightning_cnn.callbacks import (
 )
 from lightning_cnn.cli.arguments import _experiment_name
 from lightning_cnn.cli.errors import ConfigError
+from lightning_cnn.data import ImageDataModule, ShardedDataModule, write_shards
+from lightning_cnn.data.shards import read_meta
 from lightning_cnn.export import export as export_checkpoint
 from lightning_cnn.preview import DEFAULT_DIR as PREVIEW_DIR
 from lightning_cnn.preview import write_preview
@@ -24,7 +26,7 @@ __all__ = ["ToolSubcommands"]
 
 # The package's tools, run by the same CLI as Trainer's fit/validate/test/predict: methods of CNNCLI below, given
 # the model and datamodule the config describes.
-_TOOLS = ("summary", "preview", "export")
+_TOOLS = ("summary", "preview", "export", "optimize")
 
 
 class ToolSubcommands:
@@ -79,6 +81,37 @@ class ToolSubcommands:
         if not ckpt_path:
             raise ConfigError("export needs --ckpt_path: the checkpoint written by cli.py fit to export.")
         export_checkpoint(ckpt_path, format, out)
+
+    def optimize(
+        self,
+        model: LightningModule,
+        datamodule: Optional[LightningDataModule] = None,
+        output_dir: Optional[str] = None,
+        chunk_bytes: str = "64MB",
+        num_workers: Optional[PositiveInt] = None,
+        overwrite: bool = False,
+    ) -> None:
+        """Write the config's dataset (its train/val/test splits) as LitData shards for ShardedDataModule.
+
+        Args:
+            output_dir: An empty or new folder for the shards (one sub-folder per split, plus lightning_cnn.json).
+            chunk_bytes: Size of each chunk file, e.g. ``64MB``.
+            num_workers: Processes that write; default: the CPU count, at most 4.
+            overwrite: Replace an ``output_dir`` that already holds files.
+        """
+        if not output_dir:
+            raise ConfigError("optimize needs --output_dir: the folder to write the shards into.")
+        if not isinstance(datamodule, ImageDataModule) or isinstance(datamodule, ShardedDataModule):
+            raise ConfigError(
+                f"optimize converts the package's datasets; data is {type(datamodule).__name__}. Give --data "
+                "configs/data/<dataset>.yaml or an ImageFolderDataModule config."
+            )
+        try:
+            path = write_shards(datamodule, output_dir, chunk_bytes, num_workers, overwrite)
+        except (FileExistsError, ImportError) as err:
+            raise ConfigError(str(err)) from None
+        counts = ", ".join(f"{split} {n}" for split, n in read_meta(str(path))["splits"].items())
+        print(f"{path}: {counts} samples; train from it with data.class_path lightning_cnn.data.ShardedDataModule")
 
     def _summary_callback(self) -> KerasModelSummary:
         found = [cb for cb in self.trainer.callbacks if isinstance(cb, KerasModelSummary)]

@@ -2,11 +2,12 @@
 
 from lightning_cnn.data.base import ImageDataModule
 from lightning_cnn.data.cifar import CIFAR10DataModule, CIFAR100DataModule
-from lightning_cnn.data.dataset import InMemoryImageDataset
+from lightning_cnn.data.dataset import ImageFileDataset, InMemoryImageDataset
 from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
 from lightning_cnn.data.files import ImageFilesDataModule
 from lightning_cnn.data.folder import ImageFolderDataModule
 from lightning_cnn.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_cnn.data.shards import ShardedDataModule, write_shards
 from lightning_cnn.registry import DATAMODULES
 
 __all__ = [
@@ -18,7 +19,10 @@ __all__ = [
     "FashionMNISTDataModule",
     "ImageDataModule",
     "ImageFilesDataModule",
+    "ImageFileDataset",
     "ImageFolderDataModule",
     "InMemoryImageDataset",
     "MNISTDataModule",
+    "ShardedDataModule",
+    "write_shards",
 ]

@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_cnn.augmentation import Augmentation, seed_worker
-from lightning_cnn.data.dataset import ImageArrays, ImageFileDataset, InMemoryImageDataset, _collate_batch
+from lightning_cnn.data.dataset import ImageArrays, InMemoryImageDataset, _collate_batch
 from lightning_cnn.data.errors import DataNotFoundError
 from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
 from lightning_cnn.preprocessing import Preprocessing, resize_normalized, resize_uint8
@@ -355,12 +355,20 @@ class ImageDataModule(pl.LightningDataModule):
             batch = (images, labels)
         # Augmentation: training batches only (not validation, test, prediction or the sanity check).
         if self.batch_augment is not None and self.trainer is not None and self.trainer.training:
-            loader = self._train_loader
-            if isinstance(loader, ResumableDataLoader) and hasattr(self.batch_augment, "reseed"):
+            position = self._train_position()
+            if position is not None and hasattr(self.batch_augment, "reseed"):
                 # Draws keyed by the batch, not a stream through the epoch: the same after a resume.
-                self.batch_augment.reseed(loader.sampler.epoch, loader.batches_handed_out)
+                self.batch_augment.reseed(*position)
             return self.batch_augment(images), labels
         return batch
+
+    def _train_position(self) -> Optional[tuple[int, int]]:
+        """``(epoch, batches handed out this epoch)`` of the training loader, which key the batched augmentation's
+        draws; ``None`` when the loader does not say."""
+        loader = self._train_loader
+        if isinstance(loader, ResumableDataLoader):
+            return loader.sampler.epoch, loader.batches_handed_out
+        return None
 
     # --- loaders -----------------------------------------------------------------------------------------------
 
@@ -369,7 +377,7 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         workers = self.num_workers
         # Per-sample augmentation and decoding files are the loader's work: then it gets workers by default.
-        busy = dataset.transform is not None or isinstance(dataset, ImageFileDataset)
+        busy = dataset.transform is not None or dataset.decodes_files
         if workers is None:
             workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if busy else 0
         persistent = self.persistent_workers if self.persistent_workers is not None else workers > 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
@@ -27,7 +27,15 @@ from lightning_cnn.augmentation import draw_seed
 from lightning_cnn.data.errors import CorruptDataError
 from lightning_cnn.preprocessing import normalize_uint8, read_image, resize_uint8
 
-__all__ = ["ImageArrays", "ImageFileDataset", "InMemoryImageDataset", "check_label_range", "decode_resized"]
+__all__ = [
+    "ImageArrays",
+    "ImageFileDataset",
+    "InMemoryImageDataset",
+    "augment_uint8",
+    "check_label_range",
+    "decode_or_warn",
+    "decode_resized",
+]
 
 
 def check_label_range(labels: np.ndarray, num_classes: Optional[int], path: Path) -> None:
@@ -63,7 +71,7 @@ def _collate_batch(batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
     return batch
 
 
-def decode_resized(path: Union[str, Path], grayscale: bool, size: tuple[int, int]) -> Tensor:
+def decode_resized(path: Union[str, Path, BinaryIO], grayscale: bool, size: tuple[int, int]) -> Tensor:
     """One image file decoded (:func:`~lightning_cnn.preprocessing.read_image`) and resized to ``size``: uint8
     ``(C, H, W)``, as a folder's images are prepared whether they are held in memory or streamed.
 
@@ -74,9 +82,46 @@ def decode_resized(path: Union[str, Path], grayscale: bool, size: tuple[int, int
     return resize_uint8(torch.from_numpy(array).permute(2, 0, 1)[None], size)[0]
 
 
+def augment_uint8(
+    transform: Callable[..., dict[str, Any]], images: Tensor, epoch: int, indices: Sequence[int]
+) -> Tensor:
+    """A per-sample augmentation applied to each uint8 ``(C, H, W)`` image of ``images`` (``(N, C, H, W)``).
+
+    A transform that offers ``set_random_seed`` (Albumentations pipelines do) is first reseeded from its ``seed``,
+    the epoch and the samples' indices (:func:`~lightning_cnn.augmentation.draw_seed`), so the same samples get the
+    same draws in any worker process, with any number of workers, and after a resume.
+    """
+    if hasattr(transform, "set_random_seed"):
+        seed = getattr(transform, "seed", None) or 0
+        transform.set_random_seed(draw_seed(seed, epoch, *indices))
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    out = [transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
+    stacked = torch.from_numpy(np.stack(out))
+    if stacked.ndim == 3:  # single-channel transforms may drop the channel axis
+        stacked = stacked.unsqueeze(-1)
+    return stacked.permute(0, 3, 1, 2)
+
+
+def decode_or_warn(
+    source: Union[str, Path, BinaryIO], name: str, grayscale: bool, size: tuple[int, int], reported: set[str]
+) -> Optional[Tensor]:
+    """:func:`decode_resized`, or ``None`` with a warning naming ``name`` (once per name in ``reported``) when the
+    image cannot be decoded: one damaged file costs its sample, never the epoch."""
+    try:
+        return decode_resized(source, grayscale, size)
+    except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        if name not in reported:
+            reported.add(name)
+            warnings.warn(f"{name} cannot be read as an image ({err}); skipped: fix or remove it.", stacklevel=3)
+        return None
+
+
 class _ImageBatches(Dataset):
     """What both datasets share: the labels, the normalization, the per-sample augmentation seeded by the batch,
     and ``__getitems__``, which turns the uint8 images a subclass loads (``_load``) into a ready float batch."""
+
+    #: Whether ``_load`` decodes files (work for DataLoader workers) rather than slicing memory.
+    decodes_files: bool = False
 
     def __init__(
         self,
@@ -107,31 +152,19 @@ class _ImageBatches(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
-        """The uint8 ``(n, C, H, W)`` images at ``indices`` and the positions in ``indices`` they are for
-        (``None``: all of them, in order)."""
+    def _load(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        """The uint8 ``(n, C, H, W)`` images at ``indices`` and their labels (fewer than ``len(indices)`` when some
+        cannot be read)."""
         raise NotImplementedError
-
-    def _augment(self, images: Tensor, indices: list[int]) -> Tensor:
-        if hasattr(self.transform, "set_random_seed"):
-            seed = getattr(self.transform, "seed", None) or 0
-            self.transform.set_random_seed(draw_seed(seed, int(self.epoch), *indices))
-        arrays = images.permute(0, 2, 3, 1).numpy()
-        out = [self.transform(image=np.ascontiguousarray(a))["image"] for a in arrays]
-        stacked = torch.from_numpy(np.stack(out))
-        if stacked.ndim == 3:  # single-channel transforms may drop the channel axis
-            stacked = stacked.unsqueeze(-1)
-        return stacked.permute(0, 3, 1, 2)
 
     def to_float(self, images: Tensor) -> Tensor:
         """uint8 ``(N, C, H, W)`` -> normalized float32, with the channel expansion."""
         return normalize_uint8(images, self.mean, self.std, self.to_rgb)
 
     def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        images, kept = self._load(indices)
-        labels = self.labels[torch.as_tensor(indices if kept is None else [indices[k] for k in kept], dtype=torch.long)]
+        images, labels = self._load(indices)
         if self.transform is not None and len(images):
-            images = self._augment(resize_uint8(images, self.size), indices)
+            images = augment_uint8(self.transform, resize_uint8(images, self.size), int(self.epoch), indices)
         return self.to_float(images), labels
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
@@ -175,8 +208,9 @@ class InMemoryImageDataset(_ImageBatches):
         super().__init__(labels, images.shape[1], mean, std, to_rgb, transform, size)
         self.images = images
 
-    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
-        return self.images[torch.as_tensor(indices)], None
+    def _load(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
 
 
 class ImageFileDataset(_ImageBatches):
@@ -194,6 +228,8 @@ class ImageFileDataset(_ImageBatches):
         grayscale: Decode as one channel (``L``) instead of RGB.
         mean, std, to_rgb, transform: As for :class:`InMemoryImageDataset`.
     """
+
+    decodes_files = True
 
     def __init__(
         self,
@@ -213,21 +249,20 @@ class ImageFileDataset(_ImageBatches):
         self.grayscale = grayscale
         self._reported: set[str] = set()
 
-    def _load(self, indices: list[int]) -> tuple[Tensor, Optional[list[int]]]:
+    def _source(self, index: int) -> tuple[Union[str, BinaryIO], str]:
+        """What to decode for sample ``index`` (a path or an open binary stream) and its name for a warning."""
+        path = self.paths[index]
+        return path, path
+
+    def _load(self, indices: list[int]) -> tuple[Tensor, Tensor]:
         images, kept = [], []
-        for position, index in enumerate(indices):
-            path = self.paths[index]
-            try:
-                images.append(decode_resized(path, self.grayscale, self.size))
-            except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-                if path not in self._reported:
-                    self._reported.add(path)
-                    warnings.warn(
-                        f"{path} cannot be read as an image ({err}); skipped: fix or remove it.", stacklevel=2
-                    )
-                continue
-            kept.append(position)
+        for index in indices:
+            image = decode_or_warn(*self._source(index), self.grayscale, self.size, self._reported)
+            if image is not None:
+                images.append(image)
+                kept.append(index)
+        labels = self.labels[torch.as_tensor(kept, dtype=torch.long)]
         if not images:
             channels = 1 if self.grayscale else 3
-            return torch.zeros((0, channels, *self.size), dtype=torch.uint8), []
-        return torch.stack(images), (None if len(kept) == len(indices) else kept)
+            return torch.zeros((0, channels, *self.size), dtype=torch.uint8), labels
+        return torch.stack(images), labels

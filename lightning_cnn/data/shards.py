@@ -1,0 +1,359 @@
+"""Datasets written once as LitData shards and streamed back: for data larger than memory and for clusters.
+
+Two halves (LitData is an optional extra: ``pip install -e ".[stream]"``):
+
+- :func:`write_shards` (``python cli.py optimize --data … --output_dir …``) takes the splits a datamodule builds
+  (its seeded train/validation split, class subset, and test split) and writes each with ``litdata.optimize`` into
+  ``output_dir/<split>/`` as compressed-free chunks of ``chunk_bytes``, plus ``lightning_cnn.json`` beside them
+  (class names, channels, stored size, mean/std, sample counts). An image folder's samples keep their files'
+  encoded bytes (a JPEG stays a JPEG, so the shards take about the folder's size); the built-in datasets' samples
+  are their uint8 arrays.
+- :class:`ShardedDataModule` (``data: class_path: lightning_cnn.data.ShardedDataModule``) trains from them: the
+  training split through LitData's ``StreamingDataset`` / ``StreamingDataLoader`` — read from a local folder or
+  object storage (``s3://…``), shuffled by chunks with ``seed``, split between nodes, ranks and loader workers, its
+  position saved in every checkpoint so a resumed run continues the epoch; the validation and test splits by
+  index, each image on exactly one process, as the other datamodules evaluate.
+
+Shards are files a user points us at, so they are untrusted: a sample may hold integers, bytes and plain arrays
+only. Shards whose index declares anything else (LitData can also store pickled Python objects, which run code
+when read) are refused before a byte of them is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from lightning_cnn.augmentation import Augmentation
+from lightning_cnn.data.base import ImageDataModule, _world
+from lightning_cnn.data.dataset import ImageFileDataset, _ImageBatches
+from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
+from lightning_cnn.registry import DATAMODULES
+
+__all__ = ["META_FILE", "ShardedDataModule", "write_shards"]
+
+#: What :func:`write_shards` writes beside the split folders, and :class:`ShardedDataModule` reads first.
+META_FILE = "lightning_cnn.json"
+_FORMAT_VERSION = 1
+_SPLITS = ("train", "val", "test")
+#: The LitData serializers a sample may use: integers, raw bytes (an encoded image file), plain arrays. Not
+#: "pickle" (runs code when read) nor the decoders of other media.
+SAFE_FORMATS = frozenset({"int", "bytes", "numpy", "no_header_numpy"})
+_INSTALL_HINT = 'LitData is not installed; install the extra: pip install -e ".[stream]" (or pip install litdata).'
+
+
+def _litdata() -> Any:
+    try:
+        import litdata
+    except ImportError as err:
+        raise ImportError(_INSTALL_HINT) from err
+    return litdata
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+
+
+class _SampleWriter:
+    """``litdata.optimize``'s ``fn``: sample ``i`` of one split as ``{"index", "label", "image"}`` (picklable, so
+    LitData's worker processes can run it)."""
+
+    def __init__(self, dataset: _ImageBatches) -> None:
+        self.labels = dataset.labels.numpy()
+        if isinstance(dataset, ImageFileDataset):
+            self.paths: Optional[list[str]] = list(dataset.paths)
+            self.images: Optional[np.ndarray] = None
+        else:
+            self.paths = None
+            self.images = dataset.images.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, C) uint8
+
+    def __call__(self, index: int) -> dict[str, Any]:
+        if self.paths is not None:
+            image: Any = Path(self.paths[index]).read_bytes()  # the file as it is: decoded when read back
+        else:
+            image = np.ascontiguousarray(self.images[index])
+        return {"index": int(index), "label": int(self.labels[index]), "image": image}
+
+
+def _splits_of(datamodule: ImageDataModule) -> dict[str, _ImageBatches]:
+    """The datamodule's splits as it would train on them, images at their stored size (an image folder streamed, so
+    its files are copied as they are rather than decoded)."""
+    if hasattr(datamodule, "in_memory"):
+        datamodule.in_memory = False
+    datamodule.setup("fit")
+    splits = {"train": datamodule.train_set, "val": datamodule.val_set, "test": datamodule.test_set}
+    if splits["test"] is splits["val"]:  # an image folder without test/: evaluated on its validation split
+        splits["test"] = None
+    return {name: split for name, split in splits.items() if split is not None and len(split)}
+
+
+def write_shards(
+    datamodule: ImageDataModule,
+    output_dir: Union[str, Path],
+    chunk_bytes: str = "64MB",
+    num_workers: Optional[int] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the datamodule's train/val/test splits as LitData shards under ``output_dir`` and describe them in
+    ``lightning_cnn.json``; returns ``output_dir``.
+
+    Args:
+        datamodule: Any of the package's datamodules, configured as for training (``val_split``, ``classes``,
+            ``train_size``, ``seed``…); ``image_size`` is not applied here (the shards keep the stored size) but at
+            training time.
+        output_dir: A local folder that does not exist yet or is empty.
+        chunk_bytes: Size of each chunk file (``"64MB"``): smaller chunks spread better over many workers and ranks;
+            larger ones read faster from object storage.
+        num_workers: Processes that write (``None``: the CPU count, at most 4).
+        overwrite: Replace an ``output_dir`` that already holds files.
+
+    Raises:
+        FileExistsError: If ``output_dir`` holds files and ``overwrite`` is false (nothing is touched).
+        ImportError: Without LitData.
+    """
+    litdata = _litdata()
+    output_dir = Path(output_dir).expanduser()
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{output_dir} already holds files; choose a new output_dir, or pass --overwrite true to replace it."
+            )
+        shutil.rmtree(output_dir)
+    splits = _splits_of(datamodule)
+    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    counts = {}
+    for name, dataset in splits.items():
+        litdata.optimize(
+            fn=_SampleWriter(dataset),
+            inputs=list(range(len(dataset))),
+            output_dir=str(output_dir / name),
+            chunk_bytes=chunk_bytes,
+            num_workers=max(1, min(workers, len(dataset))),
+            mode="overwrite",
+            verbose=False,
+            # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
+            start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+        )
+        counts[name] = len(dataset)
+    folder = isinstance(next(iter(splits.values())), ImageFileDataset)
+    height, width = datamodule.image_size if folder else next(iter(splits.values())).images.shape[-2:]
+    meta = {
+        "format": _FORMAT_VERSION,
+        "source": type(datamodule).__name__,
+        "encoded": folder,
+        "class_names": list(datamodule.label_names),
+        "channels": datamodule.channels,
+        "image_size": [int(height), int(width)],
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "splits": counts,
+    }
+    (output_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return output_dir
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+
+def _is_remote(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _read_text(location: str) -> str:
+    if _is_remote(location):
+        import fsspec  # comes with Lightning; object stores need their fsspec backend (s3fs, gcsfs…)
+
+        with fsspec.open(location, "r") as handle:
+            return handle.read()
+    return Path(location.removeprefix("file://")).read_text()
+
+
+def read_meta(root: str) -> dict[str, Any]:
+    """``lightning_cnn.json`` of a shard folder, checked.
+
+    Raises:
+        DataNotFoundError: If it is missing.
+        CorruptDataError: If it is not what :func:`write_shards` writes.
+    """
+    location = f"{root.rstrip('/')}/{META_FILE}"
+    try:
+        meta = json.loads(_read_text(location))
+    except FileNotFoundError:
+        raise DataNotFoundError(
+            f"{location} not found: {root} is not a shard folder; write one with python cli.py optimize --data <data "
+            "config> --output_dir <folder>."
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptDataError(f"{location} is not valid JSON ({err}); write the shards again.") from None
+    keys = {"format", "class_names", "channels", "image_size", "mean", "std", "splits"}
+    if not isinstance(meta, dict) or not keys <= set(meta) or meta["format"] != _FORMAT_VERSION:
+        raise CorruptDataError(
+            f"{location} is not a lightning_cnn shard description (format {_FORMAT_VERSION}, keys {sorted(keys)}); "
+            "write the shards again with python cli.py optimize."
+        )
+    if "train" not in meta["splits"]:
+        raise CorruptDataError(f"{location} lists no train split; write the shards again with python cli.py optimize.")
+    return meta
+
+
+def check_sample_format(root: str, split: str) -> None:
+    """Refuse a split whose LitData index declares a serializer outside :data:`SAFE_FORMATS`.
+
+    Raises:
+        CorruptDataError: Naming the index file and the unsafe format.
+    """
+    location = f"{root.rstrip('/')}/{split}/index.json"
+    try:
+        index = json.loads(_read_text(location))
+        formats = index["config"]["data_format"]
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{location} not found; write the shards again with python cli.py optimize.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise CorruptDataError(f"{location} is not a LitData index ({type(err).__name__}: {err}).") from None
+    unsafe = [f for f in formats if str(f).split(":")[0] not in SAFE_FORMATS]
+    if unsafe:
+        raise CorruptDataError(
+            f"{location} declares sample format(s) {unsafe}; only {sorted(SAFE_FORMATS)} are read (a pickled sample "
+            "can run code when loaded). Write the shards with python cli.py optimize."
+        )
+
+
+@DATAMODULES.register("shards", image_size=28)
+class ShardedDataModule(ImageDataModule):
+    """Train from LitData shards written by :func:`write_shards` (``python cli.py optimize``).
+
+    Args:
+        data_dir: The shard folder: local, or a LitData location such as ``s3://bucket/fashion_mnist``.
+        image_size: Side (int) or ``(height, width)`` for the network; default: the size the shards store.
+        grayscale: Decode encoded images as one channel; default: as the source dataset was read.
+        cache_dir: Where LitData keeps chunks downloaded from object storage (default: its own cache folder).
+        max_cache_size: The most disk that cache may take (``"50GB"``).
+        batch_size, global_batch_size, num_workers, normalize, normalize_from_weights, to_rgb, seed, pin_memory,
+        persistent_workers, train_transform, augmentation: As for
+            :class:`~lightning_cnn.data.base.ImageDataModule`. ``seed`` drives LitData's shuffle.
+
+    The validation/test split, class subset and training subset were chosen when the shards were written.
+
+    Raises:
+        DataNotFoundError: If ``data_dir`` holds no ``lightning_cnn.json``.
+        CorruptDataError: If its description or a split's index is not what ``optimize`` writes.
+    """
+
+    name = "shards"
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        image_size: Union[int, tuple[int, int], None] = None,
+        grayscale: Optional[bool] = None,
+        num_workers: Optional[int] = None,
+        cache_dir: Optional[str] = None,
+        max_cache_size: str = "50GB",
+        normalize: bool = True,
+        normalize_from_weights: Optional[str] = None,
+        to_rgb: bool = False,
+        seed: int = 42,
+        pin_memory: Optional[bool] = None,
+        persistent_workers: Optional[bool] = None,
+        global_batch_size: Optional[int] = None,
+        augmentation: Optional[Augmentation] = None,
+        train_transform: Optional[Any] = None,
+    ) -> None:
+        self.root = data_dir.rstrip("/") if _is_remote(data_dir) else str(Path(data_dir).expanduser())
+        meta = read_meta(self.root)
+        # Known before the base class checks its options and before the CLI links num_classes into the model.
+        self.meta = meta
+        self.class_names = tuple(meta["class_names"])
+        self.channels = int(meta["channels"])
+        self.native_size = tuple(meta["image_size"])
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        self.grayscale = self.channels == 1 if grayscale is None else grayscale
+        if grayscale is not None:
+            self.channels = 1 if grayscale else 3
+        super().__init__(
+            data_dir=data_dir,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            val_split=0,
+            normalize=normalize,
+            normalize_from_weights=normalize_from_weights,
+            image_size=image_size,
+            to_rgb=to_rgb,
+            seed=seed,
+            download=False,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            train_transform=train_transform,
+            global_batch_size=global_batch_size,
+            augmentation=augmentation,
+        )
+        self.cache_dir = cache_dir
+        self.max_cache_size = max_cache_size
+
+    # --- ImageDataModule's interface -------------------------------------------------------------------------
+
+    def locate(self) -> Optional[Path]:
+        return None if _is_remote(self.root) else Path(self.root)
+
+    def prepare_data(self) -> None:
+        _litdata()  # the one-line install hint before any process starts reading
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        from lightning_cnn.data.streaming import ShardSplit, TrainingShards
+
+        splits = [s for s in _SPLITS if s in self.meta["splits"]]
+        for split in splits:
+            check_sample_format(self.root, split)
+        mean, std = (self.mean, self.std) if self.normalize else (None, None)
+        options = dict(
+            size=self.image_size,
+            grayscale=self.grayscale,
+            channels=self.channels,
+            mean=mean,
+            std=std,
+            to_rgb=self.to_rgb,
+            cache_dir=self.cache_dir,
+            max_cache_size=self.max_cache_size,
+        )
+        self.train_set = TrainingShards(f"{self.root}/train", seed=self.seed, transform=self.train_transform, **options)
+        if self.augmentation is not None:
+            self._build_augmentation(self.train_set)
+        counts = self.meta["splits"]
+        self.val_set = ShardSplit(f"{self.root}/val", counts["val"], **options) if "val" in splits else None
+        self.test_set = ShardSplit(f"{self.root}/test", counts["test"], **options) if "test" in splits else self.val_set
+        if "test" not in splits:
+            warnings.warn(f"{self.root} has no test split: the test split is the validation split.", stacklevel=2)
+
+    def _build_augmentation(self, train_set: Any) -> None:  # the per-sample part goes to `augment`, see streaming.py
+        seed = self.augmentation.resolve_seed(self.trainer.global_rank if self.trainer is not None else 0)
+        train_set.augment = self.augmentation.per_sample_transform(seed)
+        self.batch_augment = self.augmentation.batch_transform(seed, train_set.mean, train_set.std)
+
+    def _train_position(self) -> Optional[tuple[int, int]]:
+        loader = self._train_loader
+        if loader is None or not hasattr(loader, "current_epoch"):
+            return None
+        return loader.current_epoch, loader.batches_handed_out
+
+    def train_dataloader(self) -> Any:
+        from lightning_cnn.data.streaming import ShardLoader
+
+        if self.train_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        workers = self.num_workers if self.num_workers is not None else min(4, os.cpu_count() or 1)
+        world_size, _ = _world(self)
+        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
+        self._train_loader = ShardLoader(
+            self.train_set, batch_size=self.per_process_batch_size(world_size), num_workers=workers, pin_memory=pin
+        )
+        return self._train_loader

@@ -1,0 +1,206 @@
+"""The LitData side of :class:`~lightning_cnn.data.shards.ShardedDataModule`, imported only when shards are read
+(LitData is an optional extra).
+
+- :class:`TrainingShards`: LitData's ``StreamingDataset`` over the training split, each sample decoded, resized,
+  augmented (seeded by the epoch and the sample's index) and normalized in the loader worker that reads it;
+- :class:`ShardLoader`: LitData's ``StreamingDataLoader``, which shards the split over ranks and workers and
+  saves its position in checkpoints, plus the batch count the batched augmentation is keyed by;
+- :class:`ShardSplit`: a validation or test split read by index, batch by batch, so evaluation can give each image
+  to exactly one process as the other datamodules do.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from litdata import StreamingDataLoader, StreamingDataset
+from litdata.streaming.serializers import _SERIALIZERS, Serializer
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from lightning_cnn.data.dataset import _ImageBatches, augment_uint8, decode_or_warn
+from lightning_cnn.data.errors import CorruptDataError
+from lightning_cnn.data.shards import SAFE_FORMATS
+from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
+
+__all__ = ["ShardLoader", "ShardSplit", "TrainingShards"]
+
+# Lightning warns that an IterableDataset's len() may count samples twice across workers; LitData's is each
+# process' own share, split between its workers, so the warning does not apply to these loaders.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+
+
+class _Refused(Serializer):
+    """Stands in for every LitData serializer outside :data:`~lightning_cnn.data.shards.SAFE_FORMATS`: a shard
+    that declares one is refused instead of deserialized (the index check at setup names it first)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def serialize(self, item: Any) -> tuple[bytes, Optional[str]]:
+        raise CorruptDataError(f"sample format {self.name!r} is not written by lightning_cnn")
+
+    def deserialize(self, data: bytes) -> Any:
+        raise CorruptDataError(f"shard sample in format {self.name!r} refused: only {sorted(SAFE_FORMATS)} are read.")
+
+    def can_serialize(self, item: Any) -> bool:
+        return False
+
+
+def _safe_serializers() -> dict[str, Serializer]:
+    return {name: _Refused(name) for name in _SERIALIZERS if name not in SAFE_FORMATS}
+
+
+class _SampleDecoder:
+    """A stored sample (``{"index", "label", "image"}``) → a uint8 ``(C, H, W)`` image at ``size``."""
+
+    def __init__(self, size: tuple[int, int], grayscale: bool, channels: int) -> None:
+        self.size = tuple(size)
+        self.grayscale = grayscale
+        self.channels = channels
+        self._reported: set[str] = set()
+
+    def __call__(self, sample: dict[str, Any], where: str) -> Optional[Tensor]:
+        image = sample["image"]
+        if isinstance(image, np.ndarray):  # a built-in dataset's uint8 (H, W, C) array
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            if pixels.shape[0] != self.channels:
+                pixels = pixels[:1] if self.channels == 1 else pixels.expand(self.channels, -1, -1)
+            return resize_uint8(pixels[None], self.size)[0]
+        name = f"sample {sample['index']} of {where}"
+        return decode_or_warn(io.BytesIO(bytes(image)), name, self.grayscale, self.size, self._reported)
+
+
+def _channel_stats(values: Optional[Sequence[float]], channels: int) -> Optional[Tensor]:
+    if values is None:
+        return None
+    return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+
+
+class TrainingShards(StreamingDataset):
+    """The training split as LitData streams it: shuffled by chunks with ``seed`` (a new order every epoch), shared
+    out between nodes, ranks and workers. Yields ``(image, label)``: float ``(C, H, W)``, normalized, after the
+    per-sample augmentation ``augment``; ``None`` for a sample whose image cannot be decoded (the loader drops it).
+    """
+
+    def __init__(
+        self,
+        input_dir: str,
+        seed: int,
+        size: tuple[int, int],
+        grayscale: bool,
+        channels: int,
+        mean: Optional[Sequence[float]],
+        std: Optional[Sequence[float]],
+        to_rgb: bool,
+        cache_dir: Optional[str] = None,
+        max_cache_size: str = "50GB",
+        transform: Optional[Callable[..., dict[str, Any]]] = None,
+    ) -> None:
+        super().__init__(
+            input_dir=input_dir,
+            cache_dir=cache_dir,
+            shuffle=True,
+            seed=seed,
+            max_cache_size=max_cache_size,
+            serializers=_safe_serializers(),
+        )
+        self.where = input_dir
+        self.decoder = _SampleDecoder(size, grayscale, channels)
+        out_channels = 3 if to_rgb else channels
+        self.mean, self.std = _channel_stats(mean, out_channels), _channel_stats(std, out_channels)
+        self.to_rgb = to_rgb
+        #: Per-sample augmentation (Albumentations-style), set by the datamodule. Not called ``transform``: LitData
+        #: applies any attribute of that name to the raw sample.
+        self.augment = transform
+
+    def __getitem__(self, index: Any) -> Any:
+        sample = super().__getitem__(index)
+        if not isinstance(sample, dict):  # slices and keys: LitData's own uses
+            return sample
+        image = self.decoder(sample, self.where)
+        if image is None:
+            return None
+        if self.augment is not None:
+            image = augment_uint8(self.augment, image[None], self.current_epoch, [int(sample["index"])])[0]
+        return normalize_uint8(image[None], self.mean, self.std, self.to_rgb)[0], torch.tensor(int(sample["label"]))
+
+
+def _collate_readable(samples: list[Any]) -> Any:
+    """Stack the samples that decoded; a batch of none is an empty batch of the right type."""
+    kept = [s for s in samples if s is not None]
+    if not kept:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return default_collate(kept)
+
+
+class ShardLoader(StreamingDataLoader):
+    """LitData's loader (its ``state_dict`` is saved in every checkpoint and restored on resume), counting the batches
+    of the current epoch so batched augmentation draws are keyed by the batch, as for the other datamodules."""
+
+    def __init__(self, dataset: TrainingShards, batch_size: int, num_workers: int, pin_memory: bool) -> None:
+        super().__init__(
+            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=_collate_readable
+        )
+        self.batches_handed_out = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        resumed = self.restore
+        self.batches_handed_out = self._num_samples_yielded_streaming // self.batch_size if resumed else 0
+        for batch in super().__iter__():
+            self.batches_handed_out += 1
+            yield batch
+
+
+class ShardSplit(_ImageBatches):
+    """A validation or test split of the shards, read by index in batches (``__getitems__``), so a sampler can
+    give each image to exactly one process."""
+
+    decodes_files = True
+
+    def __init__(
+        self,
+        input_dir: str,
+        length: int,
+        size: tuple[int, int],
+        grayscale: bool,
+        channels: int,
+        mean: Optional[Sequence[float]],
+        std: Optional[Sequence[float]],
+        to_rgb: bool,
+        cache_dir: Optional[str] = None,
+        max_cache_size: str = "50GB",
+    ) -> None:
+        super().__init__(torch.zeros(0, dtype=torch.long), channels, mean, std, to_rgb, None, size)
+        self.length = int(length)  # all of the split: LitData's own len() is one process' share under DDP
+        self.stream = StreamingDataset(
+            input_dir=input_dir,
+            cache_dir=cache_dir,
+            shuffle=False,
+            max_cache_size=max_cache_size,
+            serializers=_safe_serializers(),
+        )
+        self.where = input_dir
+        self.decoder = _SampleDecoder(size, grayscale, channels)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        images, labels = [], []
+        for index in indices:
+            sample = self.stream[int(index)]
+            image = self.decoder(sample, self.where)
+            if image is not None:
+                images.append(image)
+                labels.append(int(sample["label"]))
+        if not images:
+            return torch.zeros((0, self.decoder.channels, *self.size), dtype=torch.uint8), torch.zeros(
+                0, dtype=torch.long
+            )
+        return torch.stack(images), torch.tensor(labels, dtype=torch.long)
