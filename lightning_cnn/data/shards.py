@@ -137,6 +137,7 @@ def write_shards(
             chunk_bytes=chunk_bytes,
             num_workers=max(1, min(workers, len(dataset))),
             mode="overwrite",
+            keep_data_ordered=True,  # sample k of a split is the datamodule's sample k, whatever the writers
             verbose=False,
             # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
             start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,

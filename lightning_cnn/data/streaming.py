@@ -152,6 +152,10 @@ class ShardLoader(StreamingDataLoader):
     def __iter__(self) -> Iterator[Any]:
         resumed = self.restore
         self.batches_handed_out = self._num_samples_yielded_streaming // self.batch_size if resumed else 0
+        # Building an iterator draws the workers' base seed from this generator, else from the global one: seeded
+        # by the epoch about to run, the draw neither shifts dropout's numbers nor differs after a resume.
+        epoch = self.current_epoch if resumed else self.current_epoch + 1
+        self.generator = torch.Generator().manual_seed(self.dataset.seed + epoch)
         for batch in super().__iter__():
             self.batches_handed_out += 1
             yield batch
