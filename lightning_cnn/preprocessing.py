@@ -80,10 +80,10 @@ def normalize_uint8(
     ``(x - mean) / std`` with ``mean``/``std`` shaped ``(1, C, 1, 1)`` (or ``None`` for plain scaling)."""
     x = images.float().div_(255.0)
     if to_rgb and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
+        x = x.expand(-1, 3, -1, -1).contiguous()
     if mean is not None:
-        x = (x - mean) / std
-    return x.contiguous()
+        x.sub_(mean).div_(std)  # in place: one float copy of the batch, not three
+    return x
 
 
 def list_image_files(folder: Path) -> list[Path]:

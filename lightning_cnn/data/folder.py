@@ -203,21 +203,24 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _read_split(self, folder: Path) -> ImageArrays:
         paths, labels = self._list_split(folder)
-        images, kept, skipped = [], [], []
+        # Filled in place: a list of images stacked at the end would briefly take twice the memory.
+        images = np.empty((len(paths), *self.image_size, self.channels), dtype=np.uint8)
+        kept, skipped = [], []
         for i, path in enumerate(paths):
             try:
                 # The datasets' own resize (antialiased bilinear), which prediction on new files applies too.
-                images.append(decode_resized(path, self.grayscale, self.image_size).permute(1, 2, 0).numpy())
+                image = decode_resized(path, self.grayscale, self.image_size)
             except OSError as err:  # PIL's UnidentifiedImageError is an OSError
                 skipped.append(f"{path} ({type(err).__name__})")
                 continue
+            images[len(kept)] = image.permute(1, 2, 0).numpy()
             kept.append(i)
         warn_unreadable(skipped)
-        if not images:
+        if not kept:
             if paths:
                 raise CorruptDataError(f"none of the {len(paths)} image files in {folder} can be read as an image.")
             return self._empty()
-        return ImageArrays(np.stack(images), labels[kept])
+        return ImageArrays(images[: len(kept)], labels[kept])
 
     def _file_split(self, folder: Path) -> tuple[list[Path], torch.Tensor]:
         """The streamed form of a split: its files whose header reads, after the ``classes`` subset, and labels."""

@@ -21,7 +21,6 @@ import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from torch import Tensor
-from torch.utils.data import default_collate
 
 from lightning_cnn.data.dataset import _ImageBatches, augment_uint8, decode_or_warn
 from lightning_cnn.data.errors import CorruptDataError
@@ -84,8 +83,9 @@ def _channel_stats(values: Optional[Sequence[float]], channels: int) -> Optional
 
 class TrainingShards(StreamingDataset):
     """The training split as LitData streams it: shuffled by chunks with ``seed`` (a new order every epoch), shared
-    out between nodes, ranks and workers. Yields ``(image, label)``: float ``(C, H, W)``, normalized, after the
-    per-sample augmentation ``augment``; ``None`` for a sample whose image cannot be decoded (the loader drops it).
+    out between nodes, ranks and workers. Yields ``(image, label)``: uint8 ``(C, H, W)`` at the network's size,
+    after the per-sample augmentation ``augment`` (the loader's collate normalizes whole batches); ``None`` for a
+    sample whose image cannot be decoded (the collate drops it).
     """
 
     def __init__(
@@ -128,15 +128,23 @@ class TrainingShards(StreamingDataset):
             return None
         if self.augment is not None:
             image = augment_uint8(self.augment, image[None], self.current_epoch, [int(sample["index"])])[0]
-        return normalize_uint8(image[None], self.mean, self.std, self.to_rgb)[0], torch.tensor(int(sample["label"]))
+        return image, int(sample["label"])
 
 
-def _collate_readable(samples: list[Any]) -> Any:
-    """Stack the samples that decoded; a batch of none is an empty batch of the right type."""
-    kept = [s for s in samples if s is not None]
-    if not kept:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return default_collate(kept)
+class _Collate:
+    """The loader's ``collate_fn``: the samples that decoded stacked into a uint8 batch, then normalized as one
+    (cheaper than image by image), as the other datasets build their batches."""
+
+    def __init__(self, mean: Optional[Tensor], std: Optional[Tensor], to_rgb: bool) -> None:
+        self.mean, self.std, self.to_rgb = mean, std, to_rgb
+
+    def __call__(self, samples: list[Any]) -> tuple[Tensor, Tensor]:
+        kept = [s for s in samples if s is not None]
+        if not kept:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        images = torch.stack([image for image, _ in kept])
+        labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+        return normalize_uint8(images, self.mean, self.std, self.to_rgb), labels
 
 
 class ShardLoader(StreamingDataLoader):
@@ -144,8 +152,9 @@ class ShardLoader(StreamingDataLoader):
     of the current epoch so batched augmentation draws are keyed by the batch, as for the other datamodules."""
 
     def __init__(self, dataset: TrainingShards, batch_size: int, num_workers: int, pin_memory: bool) -> None:
+        collate = _Collate(dataset.mean, dataset.std, dataset.to_rgb)
         super().__init__(
-            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=_collate_readable
+            dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate
         )
         self.batches_handed_out = 0
 
