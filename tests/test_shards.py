@@ -255,3 +255,28 @@ def test_two_process_ddp_trains_on_each_sample_once_per_epoch(shards, tmp_path):
         shares = [rank[epoch] for rank in ranks]
         assert len(shares[0]) == len(shares[1]) == N_TRAIN // 2
         assert sorted(shares[0] + shares[1]) == expected  # every sample, on exactly one rank
+
+
+def test_an_interrupted_write_leaves_the_previous_shards_whole(shards, tmp_path, monkeypatch):
+    import litdata
+
+    out = tmp_path / "out"
+    shutil.copytree(shards, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    real_optimize, calls = litdata.optimize, []
+
+    def optimize_then_fail(*args, **kwargs):
+        calls.append(kwargs["output_dir"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # stopped while writing the second split
+        return real_optimize(*args, **kwargs)
+
+    monkeypatch.setattr(litdata, "optimize", optimize_then_fail)
+    source = _source(write_indexed_mnist(tmp_path / "mnist"), classes=[0, 1, 2])
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(source, out, num_workers=1, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist", "out"]  # no partial folder left beside it
+    monkeypatch.setattr(litdata, "optimize", real_optimize)
+    write_shards(source, out, num_workers=1, overwrite=True)  # replaced once the new shards are whole
+    assert ShardedDataModule(str(out)).num_classes == 3

@@ -92,7 +92,8 @@ _LINKS: dict[str, Any] = {
 }
 _DESCRIPTION = (
     "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and the tools "
-    "summary (Keras-style model.summary()), preview (augmentation grid) and export (ONNX / TorchScript)."
+    "summary (Keras-style model.summary()), preview (augmentation grid), export (ONNX / TorchScript) and optimize "
+    "(a dataset as LitData shards)."
 )
 
 

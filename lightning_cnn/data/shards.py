@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -106,8 +107,9 @@ def write_shards(
 
     Args:
         datamodule: Any of the package's datamodules, configured as for training (``val_split``, ``classes``,
-            ``train_size``, ``seed``…); ``image_size`` is not applied here (the shards keep the stored size) but at
-            training time.
+            ``train_size``, ``seed``…). Its ``setup`` is called here (an image folder's with ``in_memory`` turned
+            off, so its files are copied rather than decoded). A built-in dataset is stored at the size it is
+            loaded at; an image folder's ``image_size`` becomes the shards' default size.
         output_dir: A local folder that does not exist yet or is empty.
         chunk_bytes: Size of each chunk file (``"64MB"``): smaller chunks spread better over many workers and ranks;
             larger ones read faster from object storage.
@@ -120,44 +122,57 @@ def write_shards(
     """
     litdata = _litdata()
     output_dir = Path(output_dir).expanduser()
-    if output_dir.exists() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{output_dir} already holds files; choose a new output_dir, or pass --overwrite true to replace it."
-            )
-        shutil.rmtree(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds files; choose a new output_dir, or pass --overwrite true to replace it."
+        )
     splits = _splits_of(datamodule)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    counts = {}
-    for name, dataset in splits.items():
-        litdata.optimize(
-            fn=_SampleWriter(dataset),
-            inputs=list(range(len(dataset))),
-            output_dir=str(output_dir / name),
-            chunk_bytes=chunk_bytes,
-            num_workers=max(1, min(workers, len(dataset))),
-            mode="overwrite",
-            keep_data_ordered=True,  # sample k of a split is the datamodule's sample k, whatever the writers
-            verbose=False,
-            # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
-            start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
-        )
-        counts[name] = len(dataset)
-    folder = isinstance(next(iter(splits.values())), ImageFileDataset)
-    height, width = datamodule.image_size if folder else next(iter(splits.values())).images.shape[-2:]
-    meta = {
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside output_dir and moved into place when whole: an interrupted run leaves no half-written shards
+    # there, and shards being replaced stay until their successor is complete.
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    try:
+        for name, dataset in splits.items():
+            litdata.optimize(
+                fn=_SampleWriter(dataset),
+                inputs=list(range(len(dataset))),
+                output_dir=str(staging / name),
+                chunk_bytes=chunk_bytes,
+                num_workers=max(1, min(workers, len(dataset))),
+                mode="overwrite",
+                keep_data_ordered=True,  # sample k of a split is the datamodule's sample k, whatever the writers
+                verbose=False,
+                # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
+                start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+            )
+        meta = _describe(datamodule, splits)
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.rename(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _describe(datamodule: ImageDataModule, splits: dict[str, _ImageBatches]) -> dict[str, Any]:
+    """What ``lightning_cnn.json`` records: enough for :class:`ShardedDataModule` to build the model's input."""
+    first = next(iter(splits.values()))
+    encoded = isinstance(first, ImageFileDataset)
+    height, width = datamodule.image_size if encoded else first.images.shape[-2:]
+    return {
         "format": _FORMAT_VERSION,
         "source": type(datamodule).__name__,
-        "encoded": folder,
+        "encoded": encoded,
         "class_names": list(datamodule.label_names),
         "channels": datamodule.channels,
         "image_size": [int(height), int(width)],
         "mean": list(datamodule.mean),
         "std": list(datamodule.std),
-        "splits": counts,
+        "splits": {name: len(dataset) for name, dataset in splits.items()},
     }
-    (output_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return output_dir
 
 
 # --- reading -----------------------------------------------------------------------------------------------------
@@ -238,7 +253,9 @@ class ShardedDataModule(ImageDataModule):
         max_cache_size: The most disk that cache may take (``"50GB"``).
         batch_size, global_batch_size, num_workers, normalize, normalize_from_weights, to_rgb, seed, pin_memory,
         persistent_workers, train_transform, augmentation: As for
-            :class:`~lightning_cnn.data.base.ImageDataModule`. ``seed`` drives LitData's shuffle.
+            :class:`~lightning_cnn.data.base.ImageDataModule`. ``seed`` drives LitData's shuffle;
+            ``persistent_workers`` applies to the validation and test loaders (LitData's training loader starts its
+            workers each epoch, which is how they learn the new epoch's order).
 
     The validation/test split, class subset and training subset were chosen when the shards were written.
 
