@@ -30,7 +30,7 @@ from lightning_cnn.data import (  # noqa: E402
     write_shards,
 )
 from lightning_cnn.data.mnist import write_idx  # noqa: E402
-from tests.conftest import CONFIGS, cli_error_line, write_fake_image_folder  # noqa: E402
+from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, cli_error_line, write_fake_image_folder  # noqa: E402
 from tests.test_ddp import assert_same_weights, run_cli, write_experiment  # noqa: E402
 from tests.test_resume import KillAtStep, Killed, _callback  # noqa: E402
 
@@ -280,3 +280,21 @@ def test_an_interrupted_write_leaves_the_previous_shards_whole(shards, tmp_path,
     monkeypatch.setattr(litdata, "optimize", real_optimize)
     write_shards(source, out, num_workers=1, overwrite=True)  # replaced once the new shards are whole
     assert ShardedDataModule(str(out)).num_classes == 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not FASHION_MNIST_SYSTEM_DIR.is_dir(), reason="needs the real Fashion-MNIST (Debian's dataset-fashion-mnist)"
+)
+def test_the_readme_commands_shard_fashion_mnist_and_train_from_it(in_tmp, capsys):
+    from lightning_cnn.cli import main
+
+    # As "Data at scale" gives them, run from a fresh folder (the fit is cut to a few batches).
+    main(["optimize", "--data", str(CONFIGS / "data" / "fashion_mnist.yaml"), "--output_dir", "shards/fashion_mnist"])
+    assert "train 54000, val 6000, test 10000" in capsys.readouterr().out
+    cli = CNNCLI(args=["fit", "--config", str(CONFIGS / "lenet_fashion_mnist.yaml"),
+                       "--data", str(CONFIGS / "data" / "shards.yaml"), "--trainer.max_epochs", "1",
+                       "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "5",
+                       "--trainer.limit_test_batches", "5"])  # fmt: skip
+    assert cli.datamodule.num_classes == 10 and cli.datamodule.label_names[0] == "T-shirt/top"
+    assert cli.trainer.global_step == 20
