@@ -11,6 +11,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -197,8 +198,10 @@ def test_optimize_subcommand_writes_shards_and_keeps_an_existing_folder(in_tmp, 
     assert "--output_dir" in cli_error_line(capsys, ["optimize", "--data", str(data)])
 
 
-def _fit(folder: Path, monkeypatch, shards: Path, *args: str, callbacks=None, workers: int = 0) -> CNNCLI:
-    """``cli.py fit`` of a LeNet with dropout from the shards (two epochs of 12 steps)."""
+def _fit(folder: Path, monkeypatch, shards: Path, *args: str, callbacks=None, workers: int = 0,
+         augmentation: Optional[str] = None) -> CNNCLI:  # fmt: skip
+    """``cli.py fit`` of a LeNet with dropout from the shards (two epochs of 12 steps), with the slides'
+    augmentation in ``augmentation`` mode (``per_sample`` or ``batched``) if given."""
     folder.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(folder)
     config = write_experiment(folder, shards, max_epochs=2, dense_dropout=0.3, callbacks=callbacks)
@@ -208,18 +211,26 @@ def _fit(folder: Path, monkeypatch, shards: Path, *args: str, callbacks=None, wo
         "class_path": "lightning_cnn.data.ShardedDataModule",
         "init_args": {"data_dir": str(shards), "batch_size": 8, "num_workers": workers},
     }
+    if augmentation:
+        document["data"]["init_args"]["augmentation"] = {
+            "class_path": "lightning_cnn.augmentation.KerasAugmentation",
+            "init_args": {"rotation_range": 15, "width_shift_range": 0.1, "zoom_range": 0.1, "mode": augmentation},
+        }
     config.write_text(yaml.safe_dump(document))
     return CNNCLI(args=["fit", "--config", str(config), *args])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_kill_and_resume_mid_epoch_trains_the_uninterrupted_model(shards, tmp_path, monkeypatch, workers):
+@pytest.mark.parametrize(("workers", "augmentation"), [(0, None), (2, "per_sample"), (0, "batched")])
+def test_kill_and_resume_mid_epoch_trains_the_uninterrupted_model(shards, tmp_path, monkeypatch, workers,
+                                                                   augmentation):  # fmt: skip
+    # Every random stream a resume must restore is in use: data order, dropout, and augmentation drawn in the
+    # loader workers or on the batch.
     args = ["--resume_checkpoint.every_n_train_steps", "3"]
-    reference = _fit(tmp_path / "full", monkeypatch, shards, *args, workers=workers)
+    options = dict(workers=workers, augmentation=augmentation)
+    reference = _fit(tmp_path / "full", monkeypatch, shards, *args, **options)
     with pytest.raises(Killed):  # in epoch 1, two steps after the step-15 checkpoint
-        _fit(tmp_path / "killed", monkeypatch, shards, *args, callbacks=[_callback(KillAtStep, step=17)],
-             workers=workers)  # fmt: skip
-    resumed = _fit(tmp_path / "killed", monkeypatch, shards, *args, "--ckpt_path", "last", workers=workers)
+        _fit(tmp_path / "killed", monkeypatch, shards, *args, callbacks=[_callback(KillAtStep, step=17)], **options)
+    resumed = _fit(tmp_path / "killed", monkeypatch, shards, *args, "--ckpt_path", "last", **options)
     assert resumed.trainer.global_step == reference.trainer.global_step == 2 * N_TRAIN // 8
     assert_same_weights(resumed.model.state_dict(), reference.model.state_dict())
 
@@ -298,3 +309,19 @@ def test_the_readme_commands_shard_fashion_mnist_and_train_from_it(in_tmp, capsy
                        "--trainer.limit_test_batches", "5"])  # fmt: skip
     assert cli.datamodule.num_classes == 10 and cli.datamodule.label_names[0] == "T-shirt/top"
     assert cli.trainer.global_step == 20
+
+
+def test_per_sample_augmentation_is_drawn_in_the_stream_and_seeded(shards):
+    from lightning_cnn.augmentation import KerasAugmentation
+
+    def first_epoch(augment: bool) -> list[torch.Tensor]:
+        augmentation = (
+            KerasAugmentation(rotation_range=20, zoom_range=0.2, mode="per_sample", seed=9) if augment else None
+        )
+        dm = ShardedDataModule(str(shards), batch_size=8, num_workers=0, augmentation=augmentation)
+        dm.setup("fit")
+        return [x for x, _ in dm.train_dataloader()]
+
+    augmented, again, plain = first_epoch(True), first_epoch(True), first_epoch(False)
+    assert all(torch.equal(a, b) for a, b in zip(augmented, again, strict=True))
+    assert not all(torch.equal(a, p) for a, p in zip(augmented, plain, strict=True))

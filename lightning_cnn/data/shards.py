@@ -4,7 +4,7 @@ Two halves (LitData is an optional extra: ``pip install -e ".[stream]"``):
 
 - :func:`write_shards` (``python cli.py optimize --data … --output_dir …``) takes the splits a datamodule builds
   (its seeded train/validation split, class subset, and test split) and writes each with ``litdata.optimize`` into
-  ``output_dir/<split>/`` as compressed-free chunks of ``chunk_bytes``, plus ``lightning_cnn.json`` beside them
+  ``output_dir/<split>/`` as uncompressed chunks of ``chunk_bytes``, plus ``lightning_cnn.json`` beside them
   (class names, channels, stored size, mean/std, sample counts). An image folder's samples keep their files'
   encoded bytes (a JPEG stays a JPEG, so the shards take about the folder's size); the built-in datasets' samples
   are their uint8 arrays.
@@ -26,12 +26,12 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.augmentation import Augmentation
 from lightning_cnn.data.base import ImageDataModule, _world
@@ -349,8 +349,8 @@ class ShardedDataModule(ImageDataModule):
         counts = self.meta["splits"]
         self.val_set = ShardSplit(f"{self.root}/val", counts["val"], **options) if "val" in splits else None
         self.test_set = ShardSplit(f"{self.root}/test", counts["test"], **options) if "test" in splits else self.val_set
-        if "test" not in splits:
-            warnings.warn(f"{self.root} has no test split: the test split is the validation split.", stacklevel=2)
+        if "test" not in splits and "val" in splits:
+            rank_zero_warn(f"{self.root} has no test split: the test split is the validation split.")
 
     def _build_augmentation(self, train_set: Any) -> None:  # the per-sample part goes to `augment`, see streaming.py
         seed = self.augmentation.resolve_seed(self.trainer.global_rank if self.trainer is not None else 0)

@@ -67,6 +67,11 @@ class _SampleDecoder:
     def __call__(self, sample: dict[str, Any], where: str) -> Optional[Tensor]:
         image = sample["image"]
         if isinstance(image, np.ndarray):  # a built-in dataset's uint8 (H, W, C) array
+            if image.dtype != np.uint8 or image.ndim != 3:
+                raise CorruptDataError(
+                    f"sample {sample.get('index')} of {where} is a {image.dtype} array of shape {image.shape}, not "
+                    "uint8 (height, width, channels); write the shards again with python cli.py optimize."
+                )
             pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
             if pixels.shape[0] != self.channels:
                 pixels = pixels[:1] if self.channels == 1 else pixels.expand(self.channels, -1, -1)
