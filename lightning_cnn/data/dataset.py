@@ -32,6 +32,7 @@ __all__ = [
     "ImageFileDataset",
     "InMemoryImageDataset",
     "augment_uint8",
+    "channel_stats",
     "check_label_range",
     "decode_or_warn",
     "decode_resized",
@@ -102,6 +103,13 @@ def augment_uint8(
     return stacked.permute(0, 3, 1, 2)
 
 
+def channel_stats(values: Optional[Sequence[float]], channels: int) -> Optional[Tensor]:
+    """Per-channel mean or std as float32 ``(1, channels, 1, 1)`` (one value is repeated), or ``None``."""
+    if values is None:
+        return None
+    return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+
+
 def decode_or_warn(
     source: Union[str, Path, BinaryIO], name: str, grayscale: bool, size: tuple[int, int], reported: set[str]
 ) -> Optional[Tensor]:
@@ -138,10 +146,7 @@ class _ImageBatches(Dataset):
         self.to_rgb = to_rgb
         self.transform = transform
         channels = 3 if to_rgb else channels
-        self.mean = (
-            None if mean is None else torch.tensor(mean, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
-        )
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
+        self.mean, self.std = channel_stats(mean, channels), channel_stats(std, channels)
         # In shared memory, so persistent DataLoader workers see the epoch the loader sets.
         self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 

@@ -22,7 +22,7 @@ from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.serializers import _SERIALIZERS, Serializer
 from torch import Tensor
 
-from lightning_cnn.data.dataset import _ImageBatches, augment_uint8, decode_or_warn
+from lightning_cnn.data.dataset import _ImageBatches, augment_uint8, channel_stats, decode_or_warn
 from lightning_cnn.data.errors import CorruptDataError
 from lightning_cnn.data.shards import SAFE_FORMATS
 from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
@@ -80,12 +80,6 @@ class _SampleDecoder:
         return decode_or_warn(io.BytesIO(bytes(image)), name, self.grayscale, self.size, self._reported)
 
 
-def _channel_stats(values: Optional[Sequence[float]], channels: int) -> Optional[Tensor]:
-    if values is None:
-        return None
-    return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
-
-
 class TrainingShards(StreamingDataset):
     """The training split as LitData streams it: shuffled by chunks with ``seed`` (a new order every epoch), shared
     out between nodes, ranks and workers. Yields ``(image, label)``: uint8 ``(C, H, W)`` at the network's size,
@@ -118,7 +112,7 @@ class TrainingShards(StreamingDataset):
         self.where = input_dir
         self.decoder = _SampleDecoder(size, grayscale, channels)
         out_channels = 3 if to_rgb else channels
-        self.mean, self.std = _channel_stats(mean, out_channels), _channel_stats(std, out_channels)
+        self.mean, self.std = channel_stats(mean, out_channels), channel_stats(std, out_channels)
         self.to_rgb = to_rgb
         #: Per-sample augmentation (Albumentations-style), set by the datamodule. Not called ``transform``: LitData
         #: applies any attribute of that name to the raw sample.
