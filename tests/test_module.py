@@ -95,6 +95,31 @@ def test_test_time_flip_averages_the_logits_of_the_image_and_its_mirror():
     assert result["test/acc"] == pytest.approx((expected.argmax(1) == torch.arange(4)).float().mean().item())
 
 
+def test_test_time_shift_averages_ten_views_with_the_edges_repeated():
+    torch.manual_seed(0)
+    plain, tta = ImageClassifier(LeNet()), ImageClassifier(LeNet(), test_time_flip=True, test_time_shift=2)
+    tta.net.load_state_dict(plain.net.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    # The four moved copies written out by hand: 2 pixels right, left, down, up, the edge column or row repeated.
+    right = torch.cat([x[..., :, :1], x[..., :, :1], x[..., :, :-2]], dim=-1)
+    left = torch.cat([x[..., :, 2:], x[..., :, -1:], x[..., :, -1:]], dim=-1)
+    down = torch.cat([x[..., :1, :], x[..., :1, :], x[..., :-2, :]], dim=-2)
+    up = torch.cat([x[..., 2:, :], x[..., -1:, :], x[..., -1:, :]], dim=-2)
+    views = [x, right, left, down, up]
+    plain.eval(), tta.eval()
+    with torch.no_grad():
+        expected = sum(plain(v) + plain(v.flip(-1)) for v in views) / 10
+        assert torch.allclose(tta.evaluation_logits(x), expected, atol=1e-5)
+        tta.test_time_flip = False
+        assert torch.allclose(tta.evaluation_logits(x), sum(plain(v) for v in views) / 5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_test_time_shift_is_a_one_line_error(bad):
+    with pytest.raises(ValueError, match=rf"test_time_shift={bad!r}; use a whole number"):
+        ImageClassifier(LeNet(), test_time_shift=bad)
+
+
 def test_default_optimizer_is_keras_adam_over_trainable_parameters():
     model = ImageClassifier(LeNet())
     model.net.backbone.requires_grad_(False)
