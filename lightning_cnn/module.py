@@ -225,10 +225,7 @@ class ImageClassifier(pl.LightningModule):
             views += [_shifted(x, dy, dx) for dy, dx in ((0, k), (0, -k), (k, 0), (-k, 0))]
         if self.test_time_flip:
             views += [view.flip(-1) for view in views]
-        logits = self(views[0])
-        for view in views[1:]:
-            logits = logits + self(view)
-        return logits / len(views) if len(views) > 1 else logits
+        return sum(self(view) for view in views) / len(views)
 
     def probabilities(self, logits: Tensor) -> Tensor:
         """Class probabilities, shape ``(N, num_classes)``; a one-logit network gives ``[1 - p, p]``."""
