@@ -67,6 +67,21 @@ class RankProbe(pl.Callback):
         self._write(trainer)
 
 
+class LearningRateProbe(pl.Callback):
+    """Each rank writes the learning rate of every training batch to ``<out_dir>/lr_rank<r>.json``."""
+
+    def __init__(self, out_dir: str = ".") -> None:
+        self.out_dir = out_dir
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = Path(self.out_dir) / f"lr_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps({"lrs": self.lrs, "global_step": trainer.global_step}))
+
+
 def write_experiment(
     folder: Path,
     data_dir: Path,
@@ -342,3 +357,19 @@ def test_each_rank_resumes_its_own_random_states(tmp_path):
     for rank, draw in enumerate(draws):
         torch.testing.assert_close(draw["resumed"], draw["expected"], rtol=0, atol=0, msg=f"rank {rank}")
     assert not torch.equal(draws[0]["expected"], draws[1]["expected"])
+
+
+def test_a_time_budget_gives_every_rank_the_same_rates_and_the_same_stop(data_dir, tmp_path):
+    # Two seconds of training with no epoch limit: however far each rank's own clock has run, rank 0's decides
+    # every rate and the stop, so both ranks train the same batches at the same rates and the run ends (a rank
+    # that stopped alone would leave the other waiting in a collective until the subprocess timeout).
+    budget = {"class_path": "lightning_cnn.callbacks.TimeBudget", "init_args": {"duration": 2}}
+    lr_probe = {"class_path": "tests.test_ddp.LearningRateProbe", "init_args": {"out_dir": str(tmp_path)}}
+    config = write_experiment(tmp_path, data_dir, max_epochs=-1, callbacks=[budget, lr_probe])
+    run_cli(tmp_path, "fit", "--config", str(config), "--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml"))
+
+    ranks = [json.loads((tmp_path / f"lr_rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    lrs = ranks[0]["lrs"]
+    assert ranks[0]["global_step"] == len(lrs) >= 1
+    assert lrs[0] == pytest.approx(0.05) and lrs == sorted(lrs, reverse=True)

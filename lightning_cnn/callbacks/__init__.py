@@ -1,5 +1,5 @@
 """Callbacks: checkpoints whose last and best mean what they say, Keras' EarlyStopping semantics, model summary, training plots, per-class reports, prediction files,
-backbone freezing for fine-tuning, and the source task's accuracy while fine-tuning (catastrophic forgetting)."""
+backbone freezing for fine-tuning, a wall-time budget with its learning-rate schedule, and the source task's accuracy while fine-tuning (catastrophic forgetting)."""
 
 from lightning_cnn.callbacks.checkpoint import ModelCheckpoint
 from lightning_cnn.callbacks.early_stopping import EarlyStopping
@@ -9,6 +9,7 @@ from lightning_cnn.callbacks.predictions import PredictionWriter
 from lightning_cnn.callbacks.report import ClassificationReport
 from lightning_cnn.callbacks.source_task import SourceTaskMonitor
 from lightning_cnn.callbacks.summary import KerasModelSummary
+from lightning_cnn.callbacks.time_budget import TimeBudget
 
 __all__ = [
     "ClassificationReport",
@@ -18,5 +19,6 @@ __all__ = [
     "ModelCheckpoint",
     "PredictionWriter",
     "SourceTaskMonitor",
+    "TimeBudget",
     "TrainingPlots",
 ]

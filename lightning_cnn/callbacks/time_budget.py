@@ -1,0 +1,148 @@
+"""Train for a wall-time budget instead of a number of epochs: the learning rate anneals to zero as the time runs
+out, whatever the machine's speed."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional, Union
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_warn
+
+__all__ = ["TimeBudget"]
+
+#: The clock the budget is measured on (a module attribute so that tests can replace it with a fake one).
+_now = time.monotonic
+
+
+def parse_duration(value: Union[str, float]) -> float:
+    """Seconds in ``value``: a number of seconds (or its text) or ``"HH:MM:SS"`` / ``"DD:HH:MM:SS"`` (as Lightning's ``max_time``).
+
+    Raises:
+        ValueError: If ``value`` is neither, or is not positive.
+    """
+    if isinstance(value, bool):  # a bool is an int to Python, never a duration
+        seconds = math.nan
+    elif isinstance(value, (int, float)) or _is_number(str(value)):  # "840": the CLI tries str before float
+        seconds = float(value)
+    else:
+        parts = str(value).strip().split(":")
+        try:
+            numbers = [float(part) for part in parts]
+        except ValueError:
+            numbers = []
+        if len(numbers) in (3, 4) and all(n >= 0 for n in numbers):
+            seconds = sum(n * unit for n, unit in zip(reversed(numbers), (1, 60, 3600, 86400)))
+        else:
+            seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(
+            f"duration={value!r} is not a time budget; give seconds (e.g. 840) or 'HH:MM:SS' / 'DD:HH:MM:SS' "
+            "(e.g. '00:14:00'), more than zero."
+        )
+    return seconds
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+class TimeBudget(pl.Callback):
+    """Fit training into ``duration`` of wall time: a cosine learning rate from the optimizer's to zero over that
+    time, then a stop.
+
+    A schedule counted in epochs ends where it was planned only on a machine as fast as the one it was planned on:
+    on a slower one a time limit (``max_time``) cuts it while the rate is still high, and the best epoch so far
+    is tested. Here the rate is set before every training batch from the share of the budget already spent,
+    ``lr = initial_lr * (1 + cos(pi * spent / duration)) / 2``, so the last batches always train at a rate near
+    zero, and a faster machine simply trains more epochs. When the budget is spent, training stops after that
+    batch; Lightning then validates the partial epoch (with ``check_val_every_n_epoch: 1``), so the checkpoint
+    chosen by ``val/acc`` can be the fully annealed one.
+
+    The clock starts when training starts (after start-up and Lightning's sanity check) and includes validation,
+    as ``max_time`` does; start-up and the final test come on top. Set ``max_epochs`` high enough (``-1``: no
+    limit) that the budget, not the epoch count, ends training: a run that ends early is warned about. The model
+    must not configure an ``lr_scheduler`` of its own. The number of epochs, and so the result, depends on the
+    machine's speed: seeds repeat a run only on the same machine under the same load.
+
+    The time spent and the starting rates are kept in checkpoints, so a resumed run goes on with the budget that
+    was left. Under DDP the time of the first process is used by all, so every process sets the same rate and
+    they stop at the same batch.
+
+    Args:
+        duration: The training time, in seconds or as ``"HH:MM:SS"`` / ``"DD:HH:MM:SS"``.
+
+    Raises:
+        ValueError: If ``duration`` is not a positive time, or the model configures an ``lr_scheduler``.
+    """
+
+    def __init__(self, duration: Union[str, float] = "00:14:00") -> None:
+        self.duration = duration
+        self.seconds = parse_duration(duration)
+        self.spent_before = 0.0  # seconds spent by the run(s) this one resumes
+        self.initial_lrs: Optional[list[float]] = None
+        self._started: Optional[float] = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"spent": self._spent(), "initial_lrs": self.initial_lrs}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.spent_before = float(state_dict["spent"])
+        self.initial_lrs = state_dict["initial_lrs"]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_no_scheduler(trainer)
+        if self.initial_lrs is None:
+            self.initial_lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
+        self._started = _now()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._set_learning_rates(trainer, self._shared_fraction_spent(trainer))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._shared_fraction_spent(trainer) >= 1.0:
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fraction = self._spent() / self.seconds
+        if fraction < 0.99 and not trainer.interrupted:
+            rank_zero_warn(
+                f"TimeBudget: training ended after {fraction:.0%} of its {self.duration} budget, with the learning "
+                "rate not yet annealed (max_epochs or max_steps ended it first); raise trainer.max_epochs (-1: no "
+                "limit) to use the whole budget."
+            )
+
+    def learning_rate_factor(self, fraction_spent: float) -> float:
+        """The share of the starting learning rate used when ``fraction_spent`` of the budget is gone."""
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction_spent, 0.0), 1.0)))
+
+    def _spent(self) -> float:
+        running = 0.0 if self._started is None else _now() - self._started
+        return self.spent_before + running
+
+    def _shared_fraction_spent(self, trainer: pl.Trainer) -> float:
+        # Rank 0's clock for every process: their rates and their stop must agree (a no-op without DDP).
+        fraction = torch.tensor(self._spent() / self.seconds, dtype=torch.float64)
+        return float(trainer.strategy.broadcast(fraction, src=0))
+
+    def _set_learning_rates(self, trainer: pl.Trainer, fraction_spent: float) -> None:
+        factor = self.learning_rate_factor(fraction_spent)
+        groups = [group for opt in trainer.optimizers for group in opt.param_groups]
+        assert self.initial_lrs is not None and len(groups) == len(self.initial_lrs), "set in on_train_start"
+        for group, initial in zip(groups, self.initial_lrs):
+            group["lr"] = initial * factor
+
+    @staticmethod
+    def _check_no_scheduler(trainer: pl.Trainer) -> None:
+        if trainer.lr_scheduler_configs:
+            names = ", ".join(type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs)
+            raise ValueError(
+                f"TimeBudget sets the learning rate itself, but the model also configures {names}; remove the "
+                "model's lr_scheduler (model.init_args.lr_scheduler: null) or drop the TimeBudget callback."
+            )
