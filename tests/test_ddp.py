@@ -372,4 +372,5 @@ def test_a_time_budget_gives_every_rank_the_same_rates_and_the_same_stop(data_di
     assert ranks[0] == ranks[1]
     lrs = ranks[0]["lrs"]
     assert ranks[0]["global_step"] == len(lrs) >= 1
-    assert lrs[0] == pytest.approx(0.05) and lrs == sorted(lrs, reverse=True)
+    # Below the optimizer's 0.05 from the first batch on (the clock runs from the start of training), never rising.
+    assert 0 <= lrs[-1] <= lrs[0] <= 0.05 and lrs == sorted(lrs, reverse=True)
