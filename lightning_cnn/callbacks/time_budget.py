@@ -18,7 +18,8 @@ _now = time.monotonic
 
 
 def parse_duration(value: Union[str, float]) -> float:
-    """Seconds in ``value``: a number of seconds (or its text) or ``"HH:MM:SS"`` / ``"DD:HH:MM:SS"`` (as Lightning's ``max_time``).
+    """Seconds in ``value``: a number of seconds (or its text), or ``"HH:MM:SS"`` / ``"DD:HH:MM:SS"`` as
+    Lightning's ``max_time`` takes it.
 
     Raises:
         ValueError: If ``value`` is neither, or is not positive.
