@@ -4,17 +4,15 @@ out, whatever the machine's speed."""
 from __future__ import annotations
 
 import math
-import time
+from datetime import timedelta
 from typing import Any, Optional, Union
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_warn
 
 __all__ = ["TimeBudget"]
-
-#: The clock the budget is measured on (a module attribute so that tests can replace it with a fake one).
-_now = time.monotonic
 
 
 def parse_duration(value: Union[str, float]) -> float:
@@ -54,7 +52,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-class TimeBudget(pl.Callback):
+class TimeBudget(Timer):
     """Fit training into ``duration`` of wall time: a cosine learning rate from the optimizer's to zero over that
     time, then a stop.
 
@@ -72,9 +70,10 @@ class TimeBudget(pl.Callback):
     must not configure an ``lr_scheduler`` of its own. The number of epochs, and so the result, depends on the
     machine's speed: seeds repeat a run only on the same machine under the same load.
 
-    The time spent and the starting rates are kept in checkpoints, so a resumed run goes on with the budget that
-    was left. Under DDP the time of the first process is used by all, so every process sets the same rate and
-    they stop at the same batch.
+    It is Lightning's ``Timer`` (the clock behind ``max_time``, which it replaces: a ``max_time`` beside it is
+    ignored) plus the schedule. The time spent and the starting rates are kept in checkpoints, so a resumed run
+    goes on with the budget that was left. Under DDP the time of the first process is used by all, so every
+    process sets the same rate and they stop at the same batch.
 
     Args:
         duration: The training time, in seconds or as ``"HH:MM:SS"`` / ``"DD:HH:MM:SS"``.
@@ -84,34 +83,29 @@ class TimeBudget(pl.Callback):
     """
 
     def __init__(self, duration: Union[str, float] = "00:14:00") -> None:
+        super().__init__(duration=timedelta(seconds=parse_duration(duration)), interval="step")
         self.duration = duration
-        self.seconds = parse_duration(duration)
-        self.spent_before = 0.0  # seconds spent by the run(s) this one resumes
         self.initial_lrs: Optional[list[float]] = None
-        self._started: Optional[float] = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"spent": self._spent(), "initial_lrs": self.initial_lrs}
+        return {**super().state_dict(), "initial_lrs": self.initial_lrs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.spent_before = float(state_dict["spent"])
+        super().load_state_dict(state_dict)
         self.initial_lrs = state_dict["initial_lrs"]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_no_scheduler(trainer)
         if self.initial_lrs is None:
             self.initial_lrs = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
-        self._started = _now()
+        super().on_train_start(trainer, pl_module)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._set_learning_rates(trainer, self._shared_fraction_spent(trainer))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._shared_fraction_spent(trainer) >= 1.0:
-            trainer.should_stop = True
-
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        fraction = self._spent() / self.seconds
+        super().on_train_end(trainer, pl_module)
+        fraction = self.time_elapsed() / self._duration
         if fraction < 0.99 and not trainer.interrupted:
             rank_zero_warn(
                 f"TimeBudget: training ended after {fraction:.0%} of its {self.duration} budget, with the learning "
@@ -123,13 +117,9 @@ class TimeBudget(pl.Callback):
         """The share of the starting learning rate used when ``fraction_spent`` of the budget is gone."""
         return 0.5 * (1.0 + math.cos(math.pi * min(max(fraction_spent, 0.0), 1.0)))
 
-    def _spent(self) -> float:
-        running = 0.0 if self._started is None else _now() - self._started
-        return self.spent_before + running
-
     def _shared_fraction_spent(self, trainer: pl.Trainer) -> float:
-        # Rank 0's clock for every process: their rates and their stop must agree (a no-op without DDP).
-        fraction = torch.tensor(self._spent() / self.seconds, dtype=torch.float64)
+        # Rank 0's clock for every process: their rates must agree (a no-op without DDP), as Timer does for the stop.
+        fraction = torch.tensor(self.time_elapsed() / self._duration, dtype=torch.float64)
         return float(trainer.strategy.broadcast(fraction, src=0))
 
     def _set_learning_rates(self, trainer: pl.Trainer, fraction_spent: float) -> None:
