@@ -237,6 +237,12 @@ def _csv_logger_in(save_dir: Callable[[Path], Path]) -> Callable[[Path, Path], l
                                     "--trainer.logger.init_args.save_dir", str(save_dir(folder)))  # fmt: skip
 
 
+def _config_of_an_earlier_run(folder: Path, _: Path) -> list[str]:
+    """Without loggers the run's folder is the working folder, where an earlier run left its config."""
+    _write(folder / "config.yaml", "# an earlier run's config\n")
+    return _lenet(folder, "--trainer.logger", "false")
+
+
 def _data_dir_with_own_file(folder: Path, _: Path) -> list[str]:
     _write(folder / "data" / "mine.txt", "kept")
     return ["fit", "--config", str(LENET), *SMOKE, "--data.init_args.data_dir", str(folder / "data")]
@@ -361,6 +367,10 @@ CASES: dict[str, Case] = {
     "save_dir_under_a_file": Case(
         _csv_logger_in(lambda d: _write(d / "afile", "in the way") / "runs"),
         ("cannot write the run's folder ", "afile is not writable (Not a directory)"),
+    ),
+    "config_of_an_earlier_run_without_loggers": Case(
+        _config_of_an_earlier_run, ("config.yaml is already there (a previous run's config, kept as it is)",
+                                    "--trainer.default_root_dir DIR"),
     ),
     "save_dir_in_sys": Case(
         _csv_logger_in(lambda _: Path("/sys/lightning_cnn_runs")),

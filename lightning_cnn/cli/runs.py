@@ -40,6 +40,18 @@ class _SaveConfigWhole(SaveConfigCallback):
         self.parser.save = save_whole
         try:
             super().setup(trainer, pl_module, stage)
+        except RuntimeError:
+            # Lightning refuses to overwrite a config.yaml already in the run's folder, with a traceback. That
+            # happens when the folder is not a fresh version_N: `trainer.logger: false` makes it
+            # trainer.default_root_dir (the working folder unless set).
+            existing = Path(trainer.log_dir or trainer.default_root_dir) / self.config_filename
+            if not existing.is_file():
+                raise
+            raise ConfigError(
+                f"{existing} is already there (a previous run's config, kept as it is); give this run a folder of "
+                "its own with --trainer.default_root_dir DIR, or keep the default loggers (runs/<experiment>/"
+                "version_N)."
+            ) from None
         finally:
             self.parser.save = parser_save
 
