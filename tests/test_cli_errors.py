@@ -369,8 +369,8 @@ CASES: dict[str, Case] = {
         ("cannot write the run's folder ", "afile is not writable (Not a directory)"),
     ),
     "config_of_an_earlier_run_without_loggers": Case(
-        _config_of_an_earlier_run, ("config.yaml is already there (a previous run's config, kept as it is)",
-                                    "--trainer.default_root_dir DIR"),
+        _config_of_an_earlier_run,
+        ("config.yaml is already there (a previous run's config, kept as it is)", "--trainer.default_root_dir DIR"),
     ),
     "save_dir_in_sys": Case(
         _csv_logger_in(lambda _: Path("/sys/lightning_cnn_runs")),
