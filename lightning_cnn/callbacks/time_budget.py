@@ -22,20 +22,11 @@ def parse_duration(value: Union[str, float]) -> float:
     Raises:
         ValueError: If ``value`` is neither, or is not positive.
     """
-    if isinstance(value, bool):  # a bool is an int to Python, never a duration
-        seconds = math.nan
-    elif isinstance(value, (int, float)) or _is_number(str(value)):  # "840": the CLI tries str before float
-        seconds = float(value)
-    else:
-        parts = str(value).strip().split(":")
-        try:
-            numbers = [float(part) for part in parts]
-        except ValueError:
-            numbers = []
-        if len(numbers) in (3, 4) and all(n >= 0 for n in numbers):
-            seconds = sum(n * unit for n, unit in zip(reversed(numbers), (1, 60, 3600, 86400)))
-        else:
-            seconds = math.nan
+    try:  # seconds, as a number or its text ("840": the CLI tries str before float)
+        seconds = math.nan if isinstance(value, bool) else float(value)  # a bool is an int to Python, not a time
+    except (TypeError, ValueError):
+        numbers = _clock_numbers(str(value))
+        seconds = sum(n * unit for n, unit in zip(reversed(numbers), (1, 60, 3600, 86400))) if numbers else math.nan
     if not seconds > 0 or math.isinf(seconds):
         raise ValueError(
             f"duration={value!r} is not a time budget; give seconds (e.g. 840) or 'HH:MM:SS' / 'DD:HH:MM:SS' "
@@ -44,12 +35,13 @@ def parse_duration(value: Union[str, float]) -> float:
     return seconds
 
 
-def _is_number(text: str) -> bool:
+def _clock_numbers(text: str) -> list[float]:
+    """The non-negative numbers of ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"``; empty for any other text."""
     try:
-        float(text)
+        numbers = [float(part) for part in text.strip().split(":")]
     except ValueError:
-        return False
-    return True
+        return []
+    return numbers if len(numbers) in (3, 4) and all(n >= 0 for n in numbers) else []
 
 
 class TimeBudget(Timer):
