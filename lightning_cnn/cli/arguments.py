@@ -87,6 +87,60 @@ def _has_option(argv: list[str], option: str) -> bool:
     return any(arg == option or arg.startswith(option + "=") for arg in argv)
 
 
+#: The configs shipped with the package: in a checkout, a link to its ``configs/`` folder; in a wheel, the files.
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# Options whose value may be the name of a shipped file, and the folder of SHIPPED_CONFIGS the name is looked up in.
+_SHIPPED_FOLDERS = {"--config": "", "-c": "", "--model": "model", "--data": "data", "--trainer": "trainer"}
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_config(name: str, folder: str = "") -> Optional[Path]:
+    """The shipped config that ``name`` stands for (``lenet_fashion_mnist``, ``transfer/scratch_fashion_5to9``,
+    ``.yaml`` optional), looked up in ``folder`` of :data:`SHIPPED_CONFIGS`; ``None`` if there is none."""
+    if not name or name.startswith(("/", ".", "~")):
+        return None
+    candidate = SHIPPED_CONFIGS / folder / name
+    for path in (candidate, candidate.with_name(candidate.name + ".yaml")):
+        if path.suffix in _YAML_SUFFIXES and path.is_file():
+            return path
+    return None
+
+
+def with_shipped_configs(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config NAME`` (and ``--model`` / ``--data`` / ``--trainer NAME``, looked up in the
+    matching folder) that is not a file here replaced by the shipped config's path, so a pip install runs
+    ``lightning-cnn fit --config lenet_fashion_mnist`` from any folder. A path that exists is left as it is.
+
+    Raises:
+        ConfigError: If a ``--config`` value is neither a file nor the name of a shipped config.
+    """
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        option, equals, value = arg.partition("=")
+        if option not in _SHIPPED_FOLDERS:
+            continue
+        if not equals:
+            if i + 1 >= len(resolved):
+                continue
+            value = resolved[i + 1]
+        if Path(value).expanduser().exists():
+            continue
+        path = shipped_config(value, _SHIPPED_FOLDERS[option])
+        if path is not None:
+            if equals:
+                resolved[i] = f"{option}={path}"
+            else:
+                resolved[i + 1] = str(path)
+        elif option in ("--config", "-c") and not value.startswith(("{", "[")):
+            names = ", ".join(path.stem for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")))
+            raise ConfigError(
+                f"--config {value}: no such file, and no shipped config of that name; give a YAML path or a shipped "
+                f"name: {names} (pieces too, e.g. trainer/smoke)"
+            )
+    return resolved
+
+
+
 def _files_data(inputs: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The datamodule of new images to predict on, with the checkpoint's preprocessing."""
     preprocessing = checkpoint_preprocessing(checkpoint).to_dict()

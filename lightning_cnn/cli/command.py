@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from contextlib import nullcontext
@@ -42,6 +43,7 @@ from lightning_cnn.cli.arguments import (
     _option_value,
     _plain,
     _typed_values,
+    with_shipped_configs,
 )
 from lightning_cnn.cli.errors import (
     _OUTPUT_ERRNOS,
@@ -419,7 +421,15 @@ def main(args: Optional[list[str]] = None) -> None:
     A bad config value, missing or corrupt data, or unusable weights end the run with one ``error: …`` line
     (exit status 2) instead of a traceback; their messages say what to change.
     """
+    # A class_path of the user's own (my_project.MyClassifier) is found in the current folder, as `python cli.py`
+    # finds it from the checkout: the console script and cli.py behave the same.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
+        if args is None:
+            sys.argv[1:] = with_shipped_configs(sys.argv[1:])
+        else:
+            args = with_shipped_configs(list(args))
         CNNCLI(args=args)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
