@@ -1,6 +1,6 @@
 """Transfer learning offline, on real data: pretrain, then fine-tune on a new task five ways, from scratch once.
 
-    python scripts/transfer_experiment.py                  # the README's numbers (several minutes on 2 CPU cores)
+    python scripts/transfer_experiment.py                  # the docs' figures (about 35 minutes on 2 CPU cores)
     python scripts/transfer_experiment.py --quick --out transfer-check   # every run shortened: a check
 
 1. ``configs/transfer/pretrain_fashion_0to4.yaml``: the slides' BatchNorm/Dropout CNN on Fashion-MNIST classes
@@ -20,8 +20,8 @@ The frozen, unfreezing and full fine-tuning runs carry a SourceTaskMonitor
 the current conv part under step 1's own head — what the network forgets of classes 0–4 while it learns 5–9.
 
 Prints two markdown tables (transfer and augmentation; forgetting) and writes them to ``transfer_results.md``, with
-``forgetting.png`` (source and target accuracy per epoch for each strategy), into ``--out`` (default: the current
-folder); the runs log into ``runs/<config>/version_N`` as usual. ``--quick`` shortens every run (pretraining: one
+``forgetting.png`` (source and target accuracy per epoch for each strategy), into ``--out`` (default:
+``docs/results``, which the docs show, with a line naming the command, date and machine); the runs log into ``runs/<config>/version_N`` as usual. ``--quick`` shortens every run (pretraining: one
 epoch on 4,000 images; fine-tuning: 3 epochs, unfreezing at 1; a fifth of the target test set; 250 source test
 images) for a check of the whole pipeline. Fashion-MNIST is read from ``data.data_dir``, Debian's
 ``dataset-fashion-mnist`` package, or downloaded. Other arguments are passed to every run, e.g.
@@ -32,6 +32,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import os
+import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,9 +49,13 @@ from lightning_cnn.callbacks import FreezeBackbone, SourceTaskMonitor
 from lightning_cnn.cli import CNNCLI
 from lightning_cnn.paths import written_whole
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from machine import cpu_name  # noqa: E402  (the benchmarks' machine line; that folder is not a package)
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "transfer"
 MONITOR = CONFIGS.parent / "callbacks" / "source_monitor_fashion_0to4.yaml"
 RESULTS_FILE = "transfer_results.md"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "results"
 PLOT_FILE = "forgetting.png"
 
 # --quick: every run shortened; a check of the whole pipeline, not the README's numbers. The pretraining still takes
@@ -187,6 +195,16 @@ def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.2%}"
 
 
+def provenance(argv: list[str], minutes: float) -> str:
+    """The line that names the command, the date and the machine of a run of this script."""
+    command = shlex.join(["python", "scripts/transfer_experiment.py", *argv])
+    when = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        f"Made by `{command}` on {when:%Y-%m-%d %H:%M} (UTC) in {minutes:.0f} min; machine: {cpu_name()}, "
+        f"{os.cpu_count()} cores, no GPU used; Python {platform.python_version()}, torch {torch.__version__}."
+    )
+
+
 def tables(results: dict[str, RunResult], quick: bool) -> str:
     """The two markdown tables: transfer and augmentation; forgetting."""
     test_set = "about 1,000 of the 5,000 test images (--quick)" if quick else "5,000 test images"
@@ -257,17 +275,18 @@ def plot_forgetting(results: dict[str, RunResult], path: Path) -> None:
 
 def main(argv: list[str]) -> dict[str, RunResult]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for the tables and the plot")
-    parser.add_argument("--quick", action="store_true", help="shorten every run (a check, not the README's numbers)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the tables and the plot "
+                        "(default: docs/results, which the docs show)")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="shorten every run (a check, not the docs' figures)")
     options, extra = parser.parse_known_args(argv)
     start = time.perf_counter()
     checkpoint, results = run_experiment(extra, quick=options.quick)
     options.out.mkdir(parents=True, exist_ok=True)
-    text = tables(results, options.quick)
+    minutes = (time.perf_counter() - start) / 60
+    text = f"{provenance(argv, minutes)}\n\n{tables(results, options.quick)}"
     with written_whole(options.out / RESULTS_FILE) as partial:
         partial.write_text(text)
     plot_forgetting(results, options.out / PLOT_FILE)
-    minutes = (time.perf_counter() - start) / 60
     print(
         f"\n{text}\npretrained checkpoint: {checkpoint}\nwritten: {options.out / RESULTS_FILE}, "
         f"{options.out / PLOT_FILE}\ntotal time: {minutes:.1f} min",

@@ -141,25 +141,11 @@ def test_quick_budget_over_every_config_on_the_real_data(tmp_path):
     assert 0.0 <= float(_row(text, "lenet_fashion_mnist")[5]) <= 1.0  # the offline data is there: it must have run
 
 
-def test_readme_results_section_is_results_md():
-    """The README's results section is results.md as the script copies it: neither is edited apart."""
-    readme = (REPO_ROOT / "README.md").read_text()
-    start, end = readme.index(results.README_START), readme.index(results.README_END)
-    section = readme[start + len(results.README_START) : end].strip()
-    generated = REPO_ROOT / "results.md"
-    assert section == (results.readme_section(generated.read_text()) if generated.exists() else "")
-
-
-def test_update_readme_replaces_only_the_section(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# P\n\n## Results\n{results.README_START}\nold\n{results.README_END}\n\n## Next\n")
-    results.update_readme(readme, "# Results\n\nnew table\n\n## References\nrow\n")
-    assert readme.read_text() == (
-        f"# P\n\n## Results\n{results.README_START}\nnew table\n\n### References\nrow\n{results.README_END}\n\n## Next\n"
-    )
-    readme.write_text("# P\n")
-    with pytest.raises(SystemExit, match="no results section"):
-        results.update_readme(readme, "x")
+def test_the_results_page_is_the_scripts_output():
+    """docs/results/experiments.md is what the script writes: its header names the command, date and machine."""
+    page = results.DEFAULT_OUT.read_text()
+    assert page.startswith("# Every experiment config\n\nMade by `python scripts/results.py` on ")
+    assert "Machine: " in page and "| config | data | seeds |" in page
 
 
 def test_a_quick_check_never_replaces_the_real_table():

@@ -65,6 +65,7 @@ def test_script_runs_every_arm_and_writes_its_tables_and_plot(in_tmp):
 
     assert set(results) == {"frozen", "augmented", "unfreeze", "full", "scratch"}
     text = (in_tmp / "out" / "transfer_results.md").read_text()
+    assert text.startswith("Made by `python scripts/transfer_experiment.py --quick --out ") and "machine: " in text
     assert all(result.label in text for result in results.values())
     assert (in_tmp / "out" / "forgetting.png").stat().st_size > 0
     for name in ("frozen", "unfreeze", "full"):  # the monitored arms
