@@ -1,12 +1,13 @@
 # Two commands do everything (see README):
 #   make quickstart   set up, then train the slides' LeNet on Fashion-MNIST and print its test accuracy
 #   make test         set up, then run the whole test suite (real-data accuracy tests included)
+#   make docs         set up, then build the documentation site into site/ (offline, strict)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data quickstart test test-fast lint clean-runs
+.PHONY: setup data quickstart test test-fast lint docs clean-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/python:
 
 # Re-install only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,export,stream]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export,stream,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -39,6 +40,11 @@ test: setup data
 
 test-fast: setup
 	$(BIN)/python -m pytest -n auto -m "not slow and not multiprocess"
+
+# Strict: any warning (a broken link or anchor, a page missing from the nav, a docstring mkdocstrings cannot read)
+# fails the build. The two variables silence notices about MkDocs' future that no setting here can act on.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict --quiet
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -181,11 +181,11 @@ def main(argv: list[str]) -> None:
     print(f"Wrote {', '.join(PAGES)} into {options.out}")
 
 
-if Path(sys.argv[0]).name == "mkdocs" or "mkdocs" in sys.argv[0]:
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main(sys.argv[1:])
+elif __name__ == "<run_path>":  # run by mkdocs' gen-files plugin
     import mkdocs_gen_files
 
     sys.path.insert(0, str(REPO))
     _write_all(lambda name: mkdocs_gen_files.open(name, "w"))
-elif __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
-    main(sys.argv[1:])

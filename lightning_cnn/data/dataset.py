@@ -231,7 +231,8 @@ class ImageFileDataset(_ImageBatches):
         labels: int64 ``(N,)``.
         size: ``(H, W)`` every image is resized to.
         grayscale: Decode as one channel (``L``) instead of RGB.
-        mean, std, to_rgb, transform: As for :class:`InMemoryImageDataset`.
+
+    ``mean``, ``std``, ``to_rgb`` and ``transform`` are as for :class:`InMemoryImageDataset`.
     """
 
     decodes_files = True

@@ -94,8 +94,6 @@ class ImageFolderDataModule(ImageDataModule):
         image_size: Side (int) or ``(height, width)`` every image is resized to; required unless
             ``normalize_from_weights`` gives it.
         grayscale: Read images as one channel (``L``) instead of RGB.
-        normalize: Standardize with ``mean``/``std`` 0.5 (to [-1, 1]); off: scale to [0, 1]. For a pretrained
-            network use ``normalize_from_weights``.
         in_memory: ``true``: decode every image once at setup and keep it in memory; ``false``: stream, decoding
             each batch's files in the DataLoader workers; ``auto``: stream when the decoded images would take more
             than ``memory_share`` of RAM (see the module docs).
@@ -103,6 +101,8 @@ class ImageFolderDataModule(ImageDataModule):
             and all processes on the machine.
         **kwargs: The other :class:`~lightning_cnn.data.base.ImageDataModule` options (``batch_size``,
             ``val_split``, ``classes``, ``normalize_from_weights``, ``num_workers``, ``train_transform``…).
+            ``normalize`` standardizes with ``mean``/``std`` 0.5 here (to [-1, 1]); off, pixels are scaled to
+            [0, 1]. For a pretrained network use ``normalize_from_weights``.
 
     Raises:
         DataNotFoundError: If ``data_dir`` has no class folder with images.

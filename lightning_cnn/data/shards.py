@@ -251,11 +251,12 @@ class ShardedDataModule(ImageDataModule):
         grayscale: Decode encoded images as one channel; default: as the source dataset was read.
         cache_dir: Where LitData keeps chunks downloaded from object storage (default: its own cache folder).
         max_cache_size: The most disk that cache may take (``"50GB"``).
-        batch_size, global_batch_size, num_workers, normalize, normalize_from_weights, to_rgb, seed, pin_memory,
-        persistent_workers, train_transform, augmentation: As for
-            :class:`~lightning_cnn.data.base.ImageDataModule`. ``seed`` drives LitData's shuffle;
-            ``persistent_workers`` applies to the validation and test loaders (LitData's training loader starts its
-            workers each epoch, which is how they learn the new epoch's order).
+
+    The other arguments (``batch_size``, ``global_batch_size``, ``num_workers``, ``normalize``,
+    ``normalize_from_weights``, ``to_rgb``, ``seed``, ``pin_memory``, ``persistent_workers``, ``train_transform``,
+    ``augmentation``) are as for :class:`~lightning_cnn.data.base.ImageDataModule`. ``seed`` drives LitData's
+    shuffle; ``persistent_workers`` applies to the validation and test loaders (LitData's training loader starts
+    its workers each epoch, which is how they learn the new epoch's order).
 
     The validation/test split, class subset and training subset were chosen when the shards were written.
 
