@@ -28,7 +28,6 @@ def _link(match: re.Match[str]) -> str:
     return f'<autoref identifier="{target}" optional><code>{shown}</code></autoref>'
 
 
-
 class SphinxRoles(griffe.Extension):
     """Rewrites Sphinx roles in every docstring to Markdown cross-references."""
 

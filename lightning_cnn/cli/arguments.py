@@ -140,7 +140,6 @@ def with_shipped_configs(argv: list[str]) -> list[str]:
     return resolved
 
 
-
 def _files_data(inputs: str, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The datamodule of new images to predict on, with the checkpoint's preprocessing."""
     preprocessing = checkpoint_preprocessing(checkpoint).to_dict()
