@@ -183,23 +183,43 @@ check_options() {  # SCRIPT OPTIONS...: each --option must appear in SCRIPT's --
 }
 """
 
-_PYTHON_SHIM = """#!/bin/sh
-# `python cli.py SUBCOMMAND ...` runs in smoke mode: the same line plus the smoke trainer.
-if [ "$1" = cli.py ] || [ "${1%/cli.py}" != "$1" ]; then
-    case "$2" in fit|validate|test|predict|summary|preview|export|optimize)
-        for arg in "$@"; do case "$arg" in --print_config*|--help|-h) exec "$REAL_PYTHON" "$@";; esac; done
-        exec "$REAL_PYTHON" "$@" --trainer "$SMOKE_TRAINER";;
-    esac
-fi
-exec "$REAL_PYTHON" "$@"
-"""
+# `python SCRIPT …` and `lightning-cnn …` for the pages: `cli.py` subcommands get the smoke trainer; with a
+# docs server (tests/docs_server.py) the command runs in a child forked from it, else in a new process.
+_SHIM = """#!{python} -S
+import json, os, socket, sys
 
-_CONSOLE_SHIM = """#!/bin/sh
-case "$1" in fit|validate|test|predict|summary|preview|export|optimize)
-    for arg in "$@"; do case "$arg" in --print_config*|--help|-h) exec "$REAL_CONSOLE" "$@";; esac; done
-    exec "$REAL_CONSOLE" "$@" --trainer "$SMOKE_TRAINER";;
-esac
-exec "$REAL_CONSOLE" "$@"
+SUBCOMMANDS = {subcommands!r}
+
+
+def smoke(args):
+    asks_only = any(arg.startswith("--print_config") or arg in ("--help", "-h") for arg in args)
+    if args and args[0] in SUBCOMMANDS and not asks_only:
+        return [*args, "--trainer", os.environ["SMOKE_TRAINER"]]
+    return args
+
+
+real, server = os.environ["REAL_PYTHON"], os.environ.get("DOCS_SERVER", "")
+args = sys.argv[1:]
+if os.path.basename(sys.argv[0]) == "lightning-cnn":
+    kind, argv, fallback = "console", smoke(args), [os.environ["REAL_CONSOLE"]]
+elif args and not args[0].startswith("-") and os.path.isfile(args[0]):
+    rest = smoke(args[1:]) if os.path.basename(args[0]) == "cli.py" else args[1:]
+    kind, argv, fallback = "script", [args[0], *rest], [real]
+else:
+    os.execv(real, [real, *args])
+if not server or not os.path.exists(server):
+    os.execv(fallback[0], [*fallback, *argv])
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+connection.connect(server)
+request = {{"kind": kind, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}}
+socket.send_fds(connection, [json.dumps(request).encode()], [0, 1, 2])
+status = b""
+while not status.endswith(b"\\n"):
+    chunk = connection.recv(64)
+    if not chunk:
+        break
+    status += chunk
+sys.exit(int(status or 1))
 """
 
 
@@ -214,6 +234,7 @@ class Workspace:
     python: str = sys.executable
     console: Optional[str] = None  # the lightning-cnn script; default: the one beside ``python``
     in_checkout: bool = True  # link the checkout's folders in and put it on PYTHONPATH
+    server: Optional[str] = None  # a docs server's socket (tests/docs_server.py): commands start in milliseconds
     env: dict[str, str] = field(default_factory=dict)
 
     def prepare(self) -> None:
@@ -225,10 +246,10 @@ class Workspace:
                     link.symlink_to(REPO_ROOT / name)
         bin_dir = self.folder.parent / f"{self.folder.name}-bin"
         bin_dir.mkdir(exist_ok=True)
-        for name, text in (("python", _PYTHON_SHIM), ("python3", _PYTHON_SHIM), ("lightning-cnn", _CONSOLE_SHIM)):
-            shim = bin_dir / name
-            shim.write_text(text)
-            shim.chmod(0o755)
+        shim = _SHIM.format(python=self.python, subcommands=CLI_SUBCOMMANDS)
+        for name in ("python", "python3", "lightning-cnn"):
+            (bin_dir / name).write_text(shim)
+            (bin_dir / name).chmod(0o755)
         console = self.console or str(Path(self.python).with_name("lightning-cnn"))
         pythonpath = [str(REPO_ROOT)] if self.in_checkout else []
         self.env = {
@@ -240,6 +261,7 @@ class Workspace:
             "SMOKE_TRAINER": "smoke",
             "PYTHONPATH": os.pathsep.join(pythonpath),
             "MPLBACKEND": "Agg",
+            "DOCS_SERVER": self.server or "",
         }
 
     def run(self, command: list[str], what: str) -> str:
@@ -273,7 +295,7 @@ def run_block(block: Block, n: int, workspace: Workspace) -> str:
             return "compiled (Keras code from the slides)"
         script = workspace.folder / f".block_{n}.py"
         script.write_text(block.code)
-        workspace.run([workspace.python, script.name], f"python block at {block.where}")
+        workspace.run(["python", script.name], f"python block at {block.where}")
         return "ran"
     if block.language in ("bash", "sh", "shell"):
         script = workspace.folder / f".block_{n}.sh"
@@ -300,10 +322,8 @@ def check_yaml(block: Block, n: int, workspace: Workspace) -> str:
         config = workspace.folder / f".block_{n}.yaml"
         config.write_text(block.code)
         workspace.run(
-            [workspace.python, "-c", "from lightning_cnn.cli import main; main()", "fit", "--config", config.name,
-             "--print_config"],
-            f"the config at {block.where}",
-        )  # fmt: skip
+            ["lightning-cnn", "fit", "--config", config.name, "--print_config"], f"the config at {block.where}"
+        )
         return "parsed by the CLI"
     return "parsed"
 
@@ -318,13 +338,13 @@ def _assert_subset(part: Any, whole: Any, path: str, where: str, key: str = "") 
         assert part == whole, f"{where}: {key} is {part!r} in the block but {whole!r} in {path}"
 
 
-def checkpoint_fixture(folder: Path, python: str = sys.executable) -> Path:
+def checkpoint_fixture(folder: Path, server: Optional[str] = None) -> Path:
     """The quick start's run, shortened, in ``folder``: ``runs/lenet_fashion_mnist/version_0`` with ``last.ckpt``,
     ``last.onnx`` and ``last.pt`` in its ``checkpoints/``. Returns the run folder."""
-    workspace = Workspace(folder, python=python)
+    workspace = Workspace(folder, server=server)
     workspace.prepare()
-    cli = [python, "cli.py"]
-    workspace.run([*cli, "fit", "--config", "configs/lenet_fashion_mnist.yaml", "--trainer", "smoke"], "smoke fit")
+    cli = ["python", "cli.py"]
+    workspace.run([*cli, "fit", "--config", "configs/lenet_fashion_mnist.yaml"], "smoke fit")
     run = folder / "runs" / "lenet_fashion_mnist" / "version_0"
     ckpt = str(run / "checkpoints" / "last.ckpt")
     for fmt in ("onnx", "torchscript"):

@@ -5,6 +5,9 @@ fails here."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,14 +33,29 @@ needs_fashion_mnist = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def checkpoint_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return checkpoint_fixture(tmp_path_factory.mktemp("checkpoint") / "work")
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tests/docs_server.py for this test process: the pages' commands fork from it instead of importing torch
+    and Lightning again each time."""
+    socket_path = str(tmp_path_factory.mktemp("server") / "docs.sock")
+    server = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "docs_server.py"), socket_path],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        yield socket_path
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def checkpoint_run(tmp_path_factory: pytest.TempPathFactory, docs_server: str) -> Path:
+    return checkpoint_fixture(tmp_path_factory.mktemp("checkpoint") / "work", server=docs_server)
 
 
 @needs_fashion_mnist
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(REPO_ROOT)))
-def test_page_runs_as_written(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    workspace = Workspace(tmp_path / "work")
+def test_page_runs_as_written(page: Path, tmp_path: Path, request: pytest.FixtureRequest, docs_server: str) -> None:
+    workspace = Workspace(tmp_path / "work", server=docs_server)
     workspace.prepare()
     if "checkpoint" in page_directives(page):
         run = request.getfixturevalue("checkpoint_run")
@@ -104,8 +122,8 @@ def test_a_yaml_block_that_names_a_file_must_match_it(tmp_path: Path) -> None:
 
 
 @needs_fashion_mnist
-def test_a_renamed_key_or_an_unknown_script_option_fails_the_page(tmp_path: Path) -> None:
-    workspace = Workspace(tmp_path / "work")
+def test_a_renamed_key_or_an_unknown_script_option_fails_the_page(tmp_path: Path, docs_server: str) -> None:
+    workspace = Workspace(tmp_path / "work", server=docs_server)
     workspace.prepare()
     bad_key = "```bash\npython cli.py fit --config configs/lenet_fashion_mnist.yaml --model.init_args.net.init_args.filterz 3\n```\n"
     with pytest.raises(AssertionError, match="filterz"):
