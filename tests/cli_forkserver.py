@@ -15,9 +15,30 @@ import os
 import runpy
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_for_status(run: Callable[[], object]) -> int:
+    """Call ``run`` as Python runs a script's main code, and return the exit status the process would have: a
+    ``SystemExit``'s code (a message is printed, status 1), 1 after printing an exception's traceback, else 0."""
+    try:
+        run()
+        return 0
+    except SystemExit as exit_:
+        code = exit_.code
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _child(job: dict) -> int:
@@ -27,19 +48,12 @@ def _child(job: dict) -> int:
         os.dup2(out.fileno(), 1)
         os.dup2(err.fileno(), 2)
     sys.argv = [str(REPO_ROOT / "cli.py"), *job["args"]]
-    try:
+
+    def run() -> None:
         exec(job["prelude"], {})
         runpy.run_path(str(REPO_ROOT / "cli.py"), run_name="__main__")
-        return 0
-    except SystemExit as exit_:
-        code = exit_.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+
+    return run_for_status(run)
 
 
 def main(workers: int) -> None:

@@ -18,7 +18,8 @@ import runpy
 import selectors
 import socket
 import sys
-import traceback
+
+from cli_forkserver import run_for_status  # this folder is sys.path[0] when run as a script
 
 MAX_FDS = 3
 HEADER_BYTES = 1 << 20
@@ -31,30 +32,19 @@ def _child(request: dict, fds: list[int]) -> int:
     os.environ.clear()
     os.environ.update(request["env"])
     argv = request["argv"]
-    try:
+
+    def run() -> None:
         if request["kind"] == "console":
             from lightning_cnn.cli import main
 
             sys.argv = ["lightning-cnn", *argv]
             main()
         else:
-            script = argv[0]
             sys.argv = list(argv)
-            sys.path[0] = os.path.dirname(os.path.realpath(script))  # as `python SCRIPT` sets it
-            runpy.run_path(script, run_name="__main__")
-        return 0
-    except SystemExit as exit_:
-        code = exit_.code
-        if code is None or isinstance(code, int):
-            return code or 0
-        print(code, file=sys.stderr)
-        return 1
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+            sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))  # as `python SCRIPT` sets it
+            runpy.run_path(argv[0], run_name="__main__")
+
+    return run_for_status(run)
 
 
 def serve(path: str) -> None:
