@@ -86,3 +86,9 @@ def test_the_subclassing_page_runs_against_the_wheel(tmp_path: Path, installed: 
     workspace.prepare()
     done = run_page(SUBCLASS_PAGE, workspace)
     assert sum(line.endswith(": ran") for line in done) >= 2, done
+
+
+def test_the_console_script_and_cli_py_print_the_same(tmp_path: Path, installed: Path) -> None:
+    from_wheel = _run([str(installed / "lightning-cnn"), "summary", "--config", "bn_cnn_fashion_mnist"], tmp_path)
+    checkout = _run([sys.executable, "cli.py", "summary", "--config", "configs/bn_cnn_fashion_mnist.yaml"], REPO_ROOT)
+    assert "Total params: 358,210" in from_wheel and from_wheel == checkout
