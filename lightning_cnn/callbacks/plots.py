@@ -100,7 +100,8 @@ class TrainingPlots(pl.Callback):
 
         rates = confusion / confusion.sum(dim=1, keepdim=True).clamp(min=1)
         n = len(names)
-        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+        # Grows with the classes, but never narrower than the title needs (a binary task's 2 × 2 matrix).
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.55 * n), max(3.6, 0.8 + 0.5 * n)))
         image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
         if n <= 20:  # beyond that the labels and numbers are unreadable; the colours still tell the story
             ax.set_xticks(range(n), names, rotation=45, ha="right")
