@@ -3,7 +3,7 @@
 For each: images/s while training (and of the loader alone), the time to get ready, and peak memory.
 
     python benchmarks/data_scale.py [--images 20000] [--size 128] [--batches 150] [--warmup 20] [--rounds 3]
-                                    [--workdir DIR] [--keep] [--out FILE] [--quick]
+                                    [--workdir DIR] [--keep] [--markdown PATH] [--quick]
 
 The data: ``--images`` real Fashion-MNIST training images (from ``FashionMNISTDataModule``; cycled past its
 60,000), enlarged to ``--size`` px (PIL bilinear), made RGB and saved as JPEG (quality 90) into
@@ -75,7 +75,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from machine import cli_env, cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+from machine import Report, add_markdown_argument, cli_env, cpu_name  # benchmarks/machine.py (on sys.path)
 from PIL import Image
 from torch import Tensor
 
@@ -397,7 +397,7 @@ def _header(args: argparse.Namespace, generated_s: Optional[float], shards: dict
     ]
 
 
-def report(args: argparse.Namespace, generated_s: Optional[float], shards: dict, runs: dict[str, list[dict]],
+def report_lines(args: argparse.Namespace, generated_s: Optional[float], shards: dict, runs: dict[str, list[dict]],
            loads: tuple[float, float]) -> list[str]:  # fmt: skip
     """The lines of the report: what was run, on what machine, the table, the targets."""
     table = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -437,7 +437,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--workdir", help="where the image folder and shards go, kept for the next run "
                                           "(default: a temporary folder)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (without --workdir)")
-    parser.add_argument("--out", help="also write the report to this markdown file")
+    add_markdown_argument(parser)
     parser.add_argument("--_job", help=argparse.SUPPRESS)  # internal: one side, run in a fresh process
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -451,6 +451,7 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    report = Report(__file__, argv)
     args = _parse(argv)
     if args._job:
         _run_job(json.loads(args._job))
@@ -467,10 +468,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                 job = {"kind": "side", "side": side, "warmup": args.warmup, "batches": args.batches, **common}
                 runs[side].append(_in_fresh_process(job))
         loads = (load_before, os.getloadavg()[0])
-    lines = [*report(args, generated_s, shards, runs, loads), f"Wall time: {time.perf_counter() - wall:.0f} s"]
-    print("\n" + "\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    lines = [*report_lines(args, generated_s, shards, runs, loads), f"Wall time: {time.perf_counter() - wall:.0f} s"]
+    report.print("\n" + "\n".join(lines))
+    report.write_markdown(args.markdown)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """GPU check: training throughput and peak GPU memory of the shipped configs, and frozen BatchNorm under DDP.
 
-    bash benchmarks/gpu_check.sh [--steps 50] [--warmup 10]      (or python benchmarks/gpu_check.py ...)
+    bash benchmarks/gpu_check.sh [--steps 50] [--warmup 10] [--markdown PATH]   (or python benchmarks/gpu_check.py ...)
 
 Each run is ``python cli.py fit --config configs/<experiment>.yaml --trainer configs/trainer/<piece>.yaml`` in a
 fresh process, as a user starts it (DDP included), on data written in the datasets' real formats (random pixels:
@@ -34,7 +34,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
-from machine import cli_env, quiet_fit_args, timing_fit_args  # benchmarks/machine.py (on sys.path)
+from machine import (  # benchmarks/machine.py (on sys.path)
+    Report,
+    add_markdown_argument,
+    cli_env,
+    quiet_fit_args,
+    timing_fit_args,
+)
 from torch.nn.modules.batchnorm import _BatchNorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,10 +186,12 @@ def _row(name: str, records: Optional[list[dict]]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 50; dry mode 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10; dry mode 1)")
     parser.add_argument("--dry", action="store_true", help="CPU dry mode even when CUDA is available")
+    add_markdown_argument(parser)
     args = parser.parse_args(argv)
     gpus = 0 if args.dry else torch.cuda.device_count()
     dry = gpus == 0
@@ -192,10 +200,14 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print(f"Python {platform.python_version()}, torch {torch.__version__}, Lightning {pl.__version__}")
     if dry:
-        print("DRY MODE on CPU (no CUDA device, or --dry; tiny sizes, a few steps): checks the script and the code paths; the "
-              "figures below say nothing about GPU speed.")  # fmt: skip
+        report.print(
+            "DRY MODE on CPU (no CUDA device, or --dry; tiny sizes, a few steps): checks the script and the code "
+            "paths; the figures below say nothing about GPU speed."
+        )
     else:
-        print(f"{gpus} × {torch.cuda.get_device_name(0)}; {args.warmup} untimed + {args.steps} timed steps per run")
+        report.print(
+            f"{gpus} × {torch.cuda.get_device_name(0)}; {args.warmup} untimed + {args.steps} timed steps per run"
+        )
 
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         work = Path(tmp)
@@ -203,8 +215,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         steps_needed = (args.warmup + args.steps + 2) * batch * 2  # enough for one epoch on 2 processes
         fashion = write_fashion_mnist(work / "fashion", int(steps_needed / 0.8) + 1, 256)
         cifar = write_cifar10(work / "cifar", max(64, steps_needed // 5 + 1))
-        fm = ["--data.init_args.data_dir", str(fashion), "--data.init_args.download", "false",
-              "--data.init_args.batch_size", str(batch)]  # fmt: skip
+        fm = [
+            "--data.init_args.data_dir",
+            str(fashion),
+            "--data.init_args.download",
+            "false",
+            "--data.init_args.batch_size",
+            str(batch),
+        ]
         vgg_size = "32" if dry else "224"
         vgg = ["--data.init_args.data_dir", str(cifar), "--data.init_args.download", "false",
                "--data.init_args.batch_size", str(batch), "--data.init_args.image_size", vgg_size,
@@ -220,7 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rows.append(("BN CNN, fp32, DDP 2 GPUs", run("bn_ddp", bn_cnn, ["ddp.yaml"], fm + ["--trainer.devices", "2"],
                                                          args, work)))  # fmt: skip
         elif not dry:
-            print("DDP with 2 processes: skipped (one GPU visible).")
+            report.print("DDP with 2 processes: skipped (one GPU visible).")
         rows.append((f"VGG16 {vgg_size} px, fp32", run("vgg_fp32", vgg16, ["single_device.yaml"], vgg + device, args,
                                                        work)))  # fmt: skip
         if not dry:
@@ -238,21 +256,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         frozen = run("frozen_bn", vgg16, bn_pieces, resnet + bn_extra, args, work, freeze=True)
         rows.append(("ResNet-18 frozen backbone, DDP", frozen))
 
-    print("\n| run | processes | precision | images/s | ms/step | peak GPU memory MB (per process) |")
-    print("|---|---|---|---|---|---|")
+    report.print("\n| run | processes | precision | images/s | ms/step | peak GPU memory MB (per process) |")
+    report.print("|---|---|---|---|---|---|")
     for name, records in rows:
-        print(_row(name, records))
+        report.print(_row(name, records))
     failed = [name for name, records in rows if records is None]
     if frozen is not None:
         change = max(r["bn_max_change"] for r in frozen)
         sync = all(r["sync_batchnorm"] for r in frozen)
         layers = frozen[0]["batchnorm_layers"]
         ok = change == 0.0 and layers > 0
-        print(f"\nFrozen BatchNorm statistics under DDP ({frozen[0]['world_size']} process(es), sync_batchnorm "
-              f"{'on' if sync else 'off'}) + FreezeBackbone: {layers} layers, largest change {change:g} — "
-              f"{'unchanged' if ok else 'CHANGED'}")  # fmt: skip
+        report.print(
+            f"\nFrozen BatchNorm statistics under DDP ({frozen[0]['world_size']} process(es), sync_batchnorm "
+            f"{'on' if sync else 'off'}) + FreezeBackbone: {layers} layers, largest change {change:g} — "
+            f"{'unchanged' if ok else 'CHANGED'}"
+        )
         if not ok:
             failed.append("frozen BatchNorm statistics changed")
+    gpu = None if dry else f"{gpus} × {torch.cuda.get_device_name(0)}"
+    report.write_markdown(args.markdown, gpu=gpu)
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """Inference throughput of an exported classifier on this machine's CPU: PyTorch eager vs TorchScript vs onnxruntime,
 at batch 1 (one request at a time: per-call overhead) and batch 256 (bulk scoring: kernel speed).
 
-    python benchmarks/inference.py [--ckpt_path runs/…/last.ckpt] [--rounds 5] [--seconds 1.5]
+    python benchmarks/inference.py [--ckpt_path runs/…/last.ckpt] [--rounds 5] [--seconds 1.5] [--markdown PATH]
 
 Without ``--ckpt_path`` it first makes a checkpoint with a smoke fit of ``configs/lenet_fashion_mnist.yaml`` (a few
 batches; speed does not depend on how trained the weights are). The checkpoint is exported to ONNX and TorchScript
@@ -33,7 +33,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+from machine import Report, add_markdown_argument, cpu_name  # benchmarks/machine.py (on sys.path)
 from torch import Tensor, nn
 
 from lightning_cnn.data.mnist import read_idx, write_idx
@@ -131,10 +131,12 @@ def _images_per_second(run: Runner, batch: int, seconds: float) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to export (default: a smoke fit of LeNet)")
     parser.add_argument("--rounds", type=int, default=5, help="measurements per side and batch size")
     parser.add_argument("--seconds", type=float, default=1.5, help="timed seconds per measurement")
+    add_markdown_argument(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")  # Lightning's advice during the smoke fit would bury the table
 
@@ -155,21 +157,21 @@ def main(argv: Optional[list[str]] = None) -> None:
                     for side in order:
                         results[side, b].append(_images_per_second(runners[side][b], b, args.seconds))
 
-    print(
+    report.print(
         f"\n{type(model.net).__name__} from {checkpoint.name}, input {(preprocessing.channels, *preprocessing.image_size)}"
         f", {source}; {args.rounds} rounds of {args.seconds:g} s per side and batch (order rotated per round)"
     )
     # Other processes on the cores matter most to PyTorch's OpenMP threads: a parallel region waits for its slowest
     # thread, and a thread that shares its core with another process can make a small batch tens of times slower.
     load = f"1-min load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
-    print(
+    report.print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
         f"torch threads {torch.get_num_threads()}; {runtime_line}; {load}"
     )
-    print(
+    report.print(
         f"| {'side':<12} | {'batch':>5} | {'images/s (median)':>17} | {'range over rounds':>19} | {'× eager (median)':>16} |"
     )
-    print(f"|{'-' * 14}|{'-' * 7}|{'-' * 19}|{'-' * 21}|{'-' * 18}|")
+    report.print(f"|{'-' * 14}|{'-' * 7}|{'-' * 19}|{'-' * 21}|{'-' * 18}|")
     for b in BATCH_SIZES:
         eager = results["eager", b]
         for side in sides:
@@ -177,7 +179,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             # Paired with eager's measurement of the same round: minutes apart at most, under the same load.
             ratio = statistics.median(v / e for v, e in zip(values, eager))
             spread = f"{min(values):,.0f}–{max(values):,.0f}"
-            print(f"| {side:<12} | {b:>5} | {statistics.median(values):>17,.0f} | {spread:>19} | {ratio:>16.2f} |")
+            report.print(
+                f"| {side:<12} | {b:>5} | {statistics.median(values):>17,.0f} | {spread:>19} | {ratio:>16.2f} |"
+            )
+
+    report.write_markdown(args.markdown)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Our Keras-style augmentation against Keras' own ``ImageDataGenerator``, convention by convention.
 
-    python benchmarks/keras_augment_check.py [--keras-python PATH | --keras-venv DIR] [--draws 4000]
+    python benchmarks/keras_augment_check.py [--keras-python PATH | --keras-venv DIR] [--draws 4000] [--markdown PATH]
 
 Two checks, each on Keras 3 run by another interpreter (``--keras-python``, else a venv at ``--keras-venv`` created
 from ``benchmarks/requirements-keras.txt``; that interpreter also needs scipy, which ``apply_transform`` uses):
@@ -45,7 +45,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from machine import add_keras_arguments, keras_env, keras_python  # benchmarks/machine.py (on sys.path)
+from machine import (  # benchmarks/machine.py (on sys.path)
+    Report,
+    add_keras_arguments,
+    add_markdown_argument,
+    keras_env,
+    keras_python,
+)
 
 SHAPES = {"28×28×1": (28, 28, 1), "20×32×1": (20, 32, 1), "32×20×3": (32, 20, 3)}  # (height, width, channels)
 COMBINED = {"theta": 25.0, "tx": 5.0, "ty": -4.0, "zx": 1.2, "zy": 0.9, "flip_horizontal": True}
@@ -253,8 +259,10 @@ def _stats(values: np.ndarray) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_keras_arguments(parser)
+    add_markdown_argument(parser)
     parser.add_argument("--draws", type=int, default=4000, help="random draws per side and setting")
     parser.add_argument("--_keras-job", help=argparse.SUPPRESS)  # internal: the Keras side, on this folder
     args = parser.parse_args(argv)
@@ -285,20 +293,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         keras = dict(np.load(Path(tmp) / "keras.npz"))
 
     failed: dict[str, list[str]] = {}  # kind of difference -> what shows it
-    print(f"1. apply_transform with fixed parameters; max |Δ| in grey levels / share of pixels off by > 1 level "
-          f"(tolerance: max {TOLERANCE} levels)\n")  # fmt: skip
-    print("| case | fill_mode | image | per sample | batched | verdict |\n|---|---|---|---|---|---|")
+    report.print(
+        f"1. apply_transform with fixed parameters; max |Δ| in grey levels / share of pixels off by > 1 level "
+        f"(tolerance: max {TOLERANCE} levels)\n"
+    )
+    report.print("| case | fill_mode | image | per sample | batched | verdict |\n|---|---|---|---|---|---|")
     for job in jobs:
         references = {name: keras[job["key"] + suffix] for name, suffix in (("as is", ""), ("grid", "/grid"))
                       if job["key"] + suffix in keras}  # fmt: skip
         cells, verdict = check_case(images[job["shape"]], job["params"], job["fill_mode"], job["cval"], references)
         fill = job["fill_mode"] + (f" {job['cval']:g}" if job["fill_mode"] == "constant" else "")
-        print(f"| {job['case']} | {fill} | {job['shape']} | {cells[0]} | {cells[1]} | {verdict} |")
+        report.print(f"| {job['case']} | {fill} | {job['shape']} | {cells[0]} | {cells[1]} | {verdict} |")
         if verdict.startswith("DIFF"):
             failed.setdefault(verdict.split(" (")[0], []).append(f"{job['case']} ({fill}, {job['shape']})")
 
-    print(f"\n2. Random draws ({args.draws} per side): min … max, mean ± std\n")
-    print("| setting | parameter | Keras | ours, batched | ours, per sample | verdict |\n|---|---|---|---|---|---|")
+    report.print(f"\n2. Random draws ({args.draws} per side): min … max, mean ± std\n")
+    report.print(
+        "| setting | parameter | Keras | ours, batched | ours, per sample | verdict |\n|---|---|---|---|---|---|"
+    )
     for name, (draw_args, shape) in draw_sets.items():
         ours = our_draws(draw_args, tuple(shape), args.draws)
         for key, label in QUANTITIES.items():
@@ -311,15 +323,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             swapped = other and all(same_distribution(ours[p][other], k) for p in ("batched", "per sample"))
             verdict = "PASS" if ok else "KERAS BUG (shift axes swapped)" if swapped else "DIFF"
             cells = " | ".join("n/a (Albumentations p=0.5)" if s is None else _stats(s) for s in sides)
-            print(f"| {name} | {label} | {_stats(k)} | {cells} | {verdict} |")
+            report.print(f"| {name} | {label} | {_stats(k)} | {cells} | {verdict} |")
             if verdict == "DIFF":
                 failed.setdefault("DIFF: random draws", []).append(f"{name}: {label}")
     if failed:
         for kind, where in failed.items():
             print(f"\n{kind} — {len(where)} case(s): {'; '.join(where)}", file=sys.stderr)
-        return 1
-    print("\nAll conventions agree (PASS, or a Keras 3 / scipy quirk this port does not copy, or not ported).")
-    return 0
+    else:
+        report.print(
+            "\nAll conventions agree (PASS, or a Keras 3 / scipy quirk this port does not copy, or not ported)."
+        )
+    report.write_markdown(args.markdown)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ counts, 1-epoch test accuracy, and how long ``lightning_cnn`` takes to start.
 
     python benchmarks/keras_parity.py [--keras-python PATH | --keras-venv DIR] [--steps 100] [--bf16-steps 20]
                                       [--warmup 10] [--rounds 3] [--batch-size 128] [--data-dir DIR] [--accuracy]
+                                      [--markdown PATH]
+    python benchmarks/keras_parity.py --startup-only [--markdown PATH]
 
 The Keras side is the slides' code (``Sequential``, ``compile``, ``model.fit``) on Keras 3 + tensorflow-cpu, run by
 another interpreter: ``--keras-python`` names an existing one, else the script creates a venv at ``--keras-venv``
@@ -36,7 +38,8 @@ train on the same 48,000 images), then the 10,000 test images. About 5 minutes o
 
 Start-up: wall times of fresh processes (``import torch``, ``import pytorch_lightning``, ``import
 lightning_cnn.cli``, ``python cli.py --help``; 3 alternating rounds), and from ``python -X importtime`` the self times
-of Lightning's own import by package and of what ``lightning_cnn.cli`` adds on top of it.
+of Lightning's own import by package and of what ``lightning_cnn.cli`` adds on top of it. ``--startup-only``
+measures only that: no Keras, no training, about a minute.
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ from typing import Any, Optional
 
 import numpy as np
 from machine import (  # benchmarks/machine.py (on sys.path)
+    Report,
     add_keras_arguments,
+    add_markdown_argument,
     cli_env,
     cpu_name,
     keras_env,
@@ -387,7 +392,8 @@ def startup(runs: int = 3) -> list[str]:
     for name, own in lightning.items():
         by_package[name.split(".")[0]] = by_package.get(name.split(".")[0], 0) + own
 
-    lines = [f"{name} (fresh process, wall): {_spread(values, 2)} s" for name, values in walls.items()]
+    lines = [f"| fresh process (the commands alternating) | wall time, s: median (min–max) of {runs} |", "|---|---|"]
+    lines += [f"| {name} | {_spread(values, 2)} |" for name, values in walls.items()]
     lines.append(
         f"python -X importtime (one run, self times): importing pytorch_lightning alone takes "
         f"{sum(lightning.values()) / 1e6:.2f} s; lightning_cnn.cli adds {sum(added.values()) / 1e6:.2f} s."
@@ -411,6 +417,7 @@ def _counts(r: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_keras_arguments(parser)
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per fp32 run")
@@ -432,11 +439,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS),
                         help="which precisions (default: all)")  # fmt: skip
     parser.add_argument("--skip-startup", action="store_true", help="leave out the start-up measurement")
+    parser.add_argument("--startup-only", action="store_true", help="only the start-up measurement (no Keras needed)")
+    add_markdown_argument(parser)
     parser.add_argument("--_keras-job", help=argparse.SUPPRESS)  # internal: one Keras run in this process
     args = parser.parse_args(argv)
     if args._keras_job:
         warnings.filterwarnings("ignore")
         print(_RESULT_PREFIX + json.dumps(keras_side(json.loads(args._keras_job))), flush=True)
+        return 0
+    if args.startup_only:
+        load_before = os.getloadavg()[0]
+        lines = startup()
+        report.print(f"Start-up (this package, fresh processes; 1-min load average {load_before:.2f} before, "
+                     f"{os.getloadavg()[0]:.2f} after):")  # fmt: skip
+        report.print("\n".join(lines))
+        report.write_markdown(args.markdown)
         return 0
 
     missing = [n for n in IDX_FILES.values() if not _idx_path(Path(args.data_dir), n).exists()]
@@ -493,61 +510,70 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     failed = []
     first_keras = next(iter(runs.values()))[0]
-    print(
+    report.print(
         f"\nFashion-MNIST ({args.data_dir}), batch {args.batch_size}, {args.steps} (fp32) / {args.bf16_steps} (bf16) "
         f"timed steps after {args.warmup} warm-up, {args.rounds} round(s), each run a fresh process, sides "
         "alternating; CPU only"
     )
-    print(
+    report.print(
         f"Machine: {cpu_name()}, {os.cpu_count()} logical cores, Python {platform.python_version()} on "
         f"{platform.platform()}; ours: torch {torch.__version__} ({torch.get_num_threads()} threads), Lightning "
         f"{pl.__version__}; Keras side: {first_keras['versions']}, jit_compile {first_keras['jit_compile']} "
         f"(Keras' 'auto' turns XLA off on CPU-only machines); 1-min load average {load_before:.2f} before the timed "
         f"runs, {load_after:.2f} after"
     )
-    print("\n| model | precision | Keras ms/step | ours ms/step | Keras ÷ ours |")
-    print("|---|---|---|---|---|")
+    report.print("\n| model | precision | Keras ms/step | ours ms/step | Keras ÷ ours |")
+    report.print("|---|---|---|---|---|")
     for model in args.models:
         for precision in args.precisions:
             policy, _, lightning_precision = PRECISIONS[precision]
             k, o = runs[model, precision, "keras"], runs[model, precision, "ours"]
             ratios = [a["ms"] / b["ms"] for a, b in zip(k, o)]
             label = f"{precision} ({policy} / {lightning_precision})"
-            print(f"| {model} | {label} | {_spread([r['ms'] for r in k])} | {_spread([r['ms'] for r in o])} | "
-                  f"{_spread(ratios, 2)} |")  # fmt: skip
+            report.print(
+                f"| {model} | {label} | {_spread([r['ms'] for r in k])} | {_spread([r['ms'] for r in o])} | "
+                f"{_spread(ratios, 2)} |"
+            )
             got = {r["policy"] for r in k} | {r["precision"] for r in o}
             if got != {policy, lightning_precision}:
                 failed.append(f"{model} {precision}: ran as {sorted(got)}")
-    print("Figures: median over rounds (min–max); the ratio is taken per round, then summarized.")
+    report.print("Figures: median over rounds (min–max); the ratio is taken per round, then summarized.")
 
-    print("\n| model | Keras params total / trainable / non-trainable | ours | equal |")
-    print("|---|---|---|---|")
+    report.print("\n| model | Keras params total / trainable / non-trainable | ours | equal |")
+    report.print("|---|---|---|---|")
     for model in args.models:
         counts = {_counts(r) for side in ("keras", "ours") for p in args.precisions for r in runs[model, p, side]}
         k, o = runs[model, args.precisions[0], "keras"][0], runs[model, args.precisions[0], "ours"][0]
         equal = len(counts) == 1
-        print(f"| {model} | {_counts(k)} | {_counts(o)} | {'yes' if equal else 'NO'} |")
+        report.print(f"| {model} | {_counts(k)} | {_counts(o)} | {'yes' if equal else 'NO'} |")
         if not equal:
             failed.append(f"{model}: parameter counts differ ({sorted(counts)})")
 
     if accuracy:
         sizes = accuracy[args.models[0], "keras"]
-        print(f"\n1 epoch, fp32, batch {args.batch_size}, trained on the first {sizes['n_train']:,} training images "
-              f"(the last {sizes['n_val']:,} validate), tested on the {sizes['n_test']:,} test images; seconds: the "
-              "whole process (start-up, epoch, validation, test)")  # fmt: skip
-        print("| model | optimizer (both sides) | Keras val / test acc | ours val / test acc | Keras s | ours s |")
-        print("|---|---|---|---|---|---|")
+        report.print(
+            f"\n1 epoch, fp32, batch {args.batch_size}, trained on the first {sizes['n_train']:,} training images "
+            f"(the last {sizes['n_val']:,} validate), tested on the {sizes['n_test']:,} test images; seconds: the "
+            "whole process (start-up, epoch, validation, test)"
+        )
+        report.print(
+            "| model | optimizer (both sides) | Keras val / test acc | ours val / test acc | Keras s | ours s |"
+        )
+        report.print("|---|---|---|---|---|---|")
         for model in args.models:
             k, o = accuracy[model, "keras"], accuracy[model, "ours"]
             opt = optimizers[model]
             settings = ", ".join(f"{key} {value:g}" for key, value in opt["args"].items())
-            print(f"| {model} | {opt['name']}({settings}) | {k['val_acc']:.4f} / {k['test_acc']:.4f} | "
-                  f"{o['val_acc']:.4f} / {o['test_acc']:.4f} | {k['seconds']:.0f} | {o['seconds']:.0f} |")  # fmt: skip
+            report.print(
+                f"| {model} | {opt['name']}({settings}) | {k['val_acc']:.4f} / {k['test_acc']:.4f} | "
+                f"{o['val_acc']:.4f} / {o['test_acc']:.4f} | {k['seconds']:.0f} | {o['seconds']:.0f} |"
+            )
 
     if start_lines:
-        print("\nStart-up (this package, fresh processes):")
-        print("\n".join(start_lines))
-    print(f"Wall time: {time.perf_counter() - wall:.0f} s")
+        report.print("\nStart-up (this package, fresh processes):")
+        report.print("\n".join(start_lines))
+    report.print(f"Wall time: {time.perf_counter() - wall:.0f} s")
+    report.write_markdown(args.markdown)
     if failed:
         print(f"FAILED: {'; '.join(failed)}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ data was read and held at 224×224; now the images stay at their stored 32×32 a
 training device.
 
     python benchmarks/memory.py [--image-size 224] [--batches 20] [--rounds 1] [--data-dir DIR] [--accuracy]
+                                [--markdown PATH]
 
 The data is a CIFAR-10 folder of the real size in the real format (50,000 training images in five pickled
 ``data_batch_N`` files, 10,000 in ``test_batch``; random pixels and labels), written once into a temporary folder, or
@@ -47,7 +48,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+from machine import Report, add_markdown_argument, cpu_name  # benchmarks/machine.py (on sys.path)
 from torch import Tensor
 
 from lightning_cnn.data import CIFAR10DataModule, FashionMNISTDataModule
@@ -98,14 +99,14 @@ def write_random_cifar10(data_dir: Path) -> str:
     folder = data_dir / CIFAR_FOLDER
     files = (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE)
     if all((folder / name).is_file() for name in files):
-        return f"the CIFAR-10 folder already in {data_dir}"
+        return "the CIFAR-10 folder already there"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in files:
         images = rng.integers(0, 256, (CIFAR_IMAGES_PER_FILE, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, CIFAR_IMAGES_PER_FILE)
         write_cifar_batch(folder / name, images, labels, "labels")
-    return f"random CIFAR-10 pixels in the real format, written to {data_dir}"
+    return "random CIFAR-10 pixels in the real format"  # the folder: --data-dir, else a temporary one
 
 
 def _rss_now() -> Optional[float]:
@@ -244,6 +245,7 @@ def _mb(value: Optional[float]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224, help="side the images are enlarged to (VGG16: 224)")
     parser.add_argument("--batches", type=int, default=20, help="timed training batches per side and round")
@@ -253,6 +255,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where batches go and are enlarged"
     )
     parser.add_argument("--accuracy", action="store_true", help="also the Fashion-MNIST accuracy check (~2 min)")
+    add_markdown_argument(parser)
     parser.add_argument("--_job", help=argparse.SUPPRESS)  # internal: one side, run in a fresh process
     args = parser.parse_args(argv)
     if args._job:
@@ -281,17 +284,17 @@ def main(argv: Optional[list[str]] = None) -> None:
         )
 
     size = args.image_size
-    print(
+    report.print(
         f"\nCIFAR-10 for VGG16 at {size}×{size} ({source}): 45,000 train + 5,000 val + 10,000 test images, batch "
         f"{BATCH_SIZE}, no loader workers, device step on {args.device}; {args.batches} timed batches after "
         f"{WARMUP_BATCHES} untimed, {args.rounds} round(s), each side in a fresh process, sides run one after the other"
     )
-    print(
+    report.print(
         '"in memory (before)" reproduces the previous ImageDataModule: a subclass whose _prepare resizes every split '
         'to image_size when it is read (resize_uint8); "per batch (now)" is CIFAR10DataModule as it is.'
     )
-    print(f"Python {platform.python_version()} on {platform.platform()}")
-    print(
+    report.print(f"Python {platform.python_version()} on {platform.platform()}")
+    report.print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores; torch {torch.__version__}, torch threads "
         f"{torch.get_num_threads()}; 1-min load average {load_before:.2f} before, {load_after:.2f} after"
     )
@@ -299,49 +302,50 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"| {'side':<18} | {'stored as':>11} | {'in-memory images MB':>19} | {'peak RSS MB':>11} | "
         f"{'RSS after batches MB':>20} | {'setup s':>7} | {'ms/batch (median)':>17} | {'range ms':>13} |"
     )
-    print(header)
-    print("|" + "|".join("-" * (len(cell) + 2) for cell in header.strip("| ").split(" | ")) + "|")
+    report.print(header)
+    report.print("|" + "|".join("-" * (len(cell) + 2) for cell in header.strip("| ").split(" | ")) + "|")
     for side, label in SIDES.items():
         runs = memory[side]
         times = [t for run in runs for t in run["ms"]]
         rss = [run["rss"] for run in runs if run["rss"] is not None]
         stored = "×".join(str(v) for v in runs[0]["stored"])
         spread = f"{min(times):,.1f}–{max(times):,.1f}"
-        print(
+        report.print(
             f"| {label:<18} | {stored:>11} | {_mb(runs[0]['held']):>19} | {_mb(max(r['peak'] for r in runs)):>11} | "
             f"{_mb(max(rss) if rss else None):>20} | {statistics.median(r['setup_s'] for r in runs):>7.1f} | "
             f"{statistics.median(times):>17,.1f} | {spread:>13} |"
         )
     before, now = first_batch["before"], first_batch["now"]
     if torch.equal(before, now):
-        print("First training batch: bit-identical on both sides.")
+        report.print("First training batch: bit-identical on both sides.")
     else:
-        print(f"First training batch: differs, max |difference| {(before - now).abs().max().item():.3g}.")
+        report.print(f"First training batch: differs, max |difference| {(before - now).abs().max().item():.3g}.")
 
     if accuracy:
-        print(
+        report.print(
             f"\nAccuracy check: Fashion-MNIST from {accuracy['now']['data_from']} at {ACCURACY_IMAGE_SIZE}×"
             f"{ACCURACY_IMAGE_SIZE}, the slides' LeNet, seed {ACCURACY_SEED}, train_size {ACCURACY_TRAIN_SIZE}, "
             "1 epoch, deterministic, CPU; each side in a fresh process"
         )
         for side, label in SIDES.items():
             r = accuracy[side]
-            print(
+            report.print(
                 f"{label}: test acc {r['test_acc']:.6f}, test loss {r['test_loss']:.6f}, val acc {r['val_acc']:.6f} "
                 f"({r['seconds']:.0f} s)"
             )
         a, b = accuracy["before"], accuracy["now"]
         if a == {**b, "seconds": a["seconds"]}:
-            print("Test accuracy equal: yes (test loss, val accuracy and trained weights equal too)")
+            report.print("Test accuracy equal: yes (test loss, val accuracy and trained weights equal too)")
         else:
             same = "yes" if a["test_acc"] == b["test_acc"] else "no"
-            print(
+            report.print(
                 f"Test accuracy equal: {same}; differences (now - before): test acc "
                 f"{b['test_acc'] - a['test_acc']:+.3g}, test loss {b['test_loss'] - a['test_loss']:+.3g}, val acc "
                 f"{b['val_acc'] - a['val_acc']:+.3g}; trained weights "
                 f"{'equal' if a['weights_sha256'] == b['weights_sha256'] else 'differ'}"
             )
-    print(f"Wall time: {time.perf_counter() - wall:.0f} s")
+    report.print(f"Wall time: {time.perf_counter() - wall:.0f} s")
+    report.write_markdown(args.markdown, gpu=torch.cuda.get_device_name(args.device) if "cuda" in args.device else None)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 LeNet under each option, in one process, options alternating, and (``--accuracy``) the 1-epoch test accuracy of each.
 
     python benchmarks/speed_options.py [--models bn_cnn lenet] [--steps 40] [--warmup 8] [--rounds 3]
-                                       [--accuracy] [--seeds 2] [--data-dir DIR]
+                                       [--accuracy] [--seeds 2] [--data-dir DIR] [--markdown PATH]
 
 A plain PyTorch loop (forward, loss, backward, optimizer step) on real Fashion-MNIST batches, so the figures are
 the model's own cost: ``benchmarks/keras_parity.py`` measures the same models through ``cli.py fit`` against
@@ -33,10 +33,11 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_name  # benchmarks/machine.py (this script's folder is on sys.path)
+from machine import Report, add_markdown_argument, cpu_name  # benchmarks/machine.py (on sys.path)
 from torch import Tensor, nn
 
 from lightning_cnn.data import FashionMNISTDataModule
@@ -176,7 +177,8 @@ def _spread(values: list[float], digits: int) -> str:
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=("bn_cnn", "lenet"), default=["bn_cnn", "lenet"])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
@@ -191,7 +193,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per variant for --accuracy")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (default: the datamodule's)")
-    args = parser.parse_args()
+    add_markdown_argument(parser)
+    args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     names = args.variants or [n for n in VARIANTS if native_bf16() or not VARIANTS[n].bf16]
     variants = [VARIANTS[n] for n in names]
@@ -202,7 +205,7 @@ def main() -> None:
     picks = torch.randperm(train_images, generator=generator)[: 16 * args.batch_size].reshape(16, args.batch_size)
     batches = [(data["x_train"][i], data["y_train"][i]) for i in picks]
 
-    print(
+    report.print(
         f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads "
         f"by default, native bfloat16: {'yes' if native_bf16() else 'no'}; batch {args.batch_size}, {args.steps} "
         f"timed steps after {args.warmup}, {args.rounds} rounds, variants alternating; median (min–max)"
@@ -223,11 +226,11 @@ def main() -> None:
                     accuracy(model, variant, data, seed, args.batch_size)
                     for seed in range(args.first_seed, args.first_seed + args.seeds)
                 ]
-        print(f"\n{model}")
+        report.print(f"\n{model}")
         header = "| variant | ms/step | speed-up vs torch defaults (same round) | first step s |"
         header += " 1-epoch test acc (per seed) |" if accs else ""
-        print(header)
-        print("|---" * (header.count("|") - 1) + "|")
+        report.print(header)
+        report.print("|---" * (header.count("|") - 1) + "|")
         for variant in variants:
             ratios = [b / t for b, t in zip(base, times[variant.name])]
             row = (
@@ -237,7 +240,8 @@ def main() -> None:
             if accs:
                 accs.setdefault(variant.name, [])
                 row += " " + (", ".join(f"{a:.4f}" for a in accs[variant.name]) or "–") + " |"
-            print(row, flush=True)
+            report.print(row)
+    report.write_markdown(args.markdown)
 
 
 if __name__ == "__main__":

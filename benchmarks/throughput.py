@@ -2,6 +2,7 @@
 the slides' Keras-style augmentation (per sample in DataLoader workers, and batched on the device).
 
     python benchmarks/throughput.py [--batch-size 128] [--steps 300] [--warmup 30] [--rounds 3] [--device cpu]
+                                    [--markdown PATH]
 
 Every run uses the same model (LeNet with the slides' L2 penalties, Adam), batch size, data (the datamodule's
 loader) and number of steps; the first ``--warmup`` steps (worker start-up, allocator, first-call overheads) are
@@ -20,10 +21,12 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from machine import Report, add_markdown_argument  # benchmarks/machine.py (this script's folder is on sys.path)
 
 from lightning_cnn import ImageClassifier
 from lightning_cnn.augmentation import SLIDES_IMAGE_DATA_GENERATOR, KerasAugmentation
@@ -117,14 +120,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    report = Report(__file__, argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=300, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps before timing")
     parser.add_argument("--rounds", type=int, default=3, help="runs per mode (best and median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    add_markdown_argument(parser)
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     warnings.filterwarnings("ignore")  # Lightning's advice about worker counts etc. would bury the table
 
@@ -162,26 +167,31 @@ def main() -> None:
         return f"{statistics.median(values):,.{digits}f} ({min(values):,.{digits}f}–{max(values):,.{digits}f})"
 
     workers = min(4, torch.multiprocessing.cpu_count())
-    print(
+    report.print(
         f"\nFashion-MNIST, LeNet, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
         f"{args.rounds} rounds, device {device}, torch threads {torch.get_num_threads()}, per-sample workers "
         f"{workers}; figures: median over rounds (min–max)"
     )
-    print("| mode | images/s | ms/step | ratio to raw no-aug (same round) | ms/step over raw no-aug (same round) |")
-    print("|---|---|---|---|---|")
+    report.print(
+        "| mode | images/s | ms/step | ratio to raw no-aug (same round) | ms/step over raw no-aug (same round) |"
+    )
+    report.print("|---|---|---|---|---|")
     ratios = {}
     for mode in MODES:
         ratios[mode] = [v / r for v, r in zip(results[mode], raw_runs)]
         extra = [ms_per_step(v) - ms_per_step(r) for v, r in zip(results[mode], raw_runs)]
         steps = [ms_per_step(v) for v in results[mode]]
-        print(f"| {mode} | {spread(results[mode], 0)} | {spread(steps, 2)} | {spread(ratios[mode], 2)} | "
-              f"{spread(extra, 2)} |")  # fmt: skip
+        report.print(
+            f"| {mode} | {spread(results[mode], 0)} | {spread(steps, 2)} | {spread(ratios[mode], 2)} | "
+            f"{spread(extra, 2)} |"
+        )
     best_aug = max(("fit per-sample aug", "fit batched aug"), key=lambda m: statistics.median(ratios[m]))
-    print(
+    report.print(
         f"fit/raw no-aug: {statistics.median(ratios['fit no-aug']):.2f}  fit/raw keras-aug: "
         f"{statistics.median(ratios[best_aug]):.2f} ({best_aug})  Lightning's fixed cost per step (fit no-aug - raw "
         f"no-aug): {statistics.median(ms_per_step(v) - ms_per_step(r) for v, r in zip(results['fit no-aug'], raw_runs)):.2f} ms"
     )
+    report.write_markdown(args.markdown, gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 if __name__ == "__main__":

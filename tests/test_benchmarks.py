@@ -1,10 +1,15 @@
-"""The speed benchmarks run as the README shows them: our side of benchmarks/keras_parity.py (a real ``cli.py fit``
-with the flags it passes), the optimizer settings it hands to Keras (read from the configs), and
-benchmarks/speed_options.py on IDX files in the real format. The Keras side needs Keras and TensorFlow, which are
-never installed with the package; its figures are in the README."""
+"""The speed benchmarks run as the docs show them: our side of benchmarks/keras_parity.py (a real ``cli.py fit``
+with the flags it passes), the optimizer settings it hands to Keras (read from the configs),
+benchmarks/speed_options.py on IDX files in the real format, and benchmarks/inference.py; and the Markdown
+fragment every benchmark writes with ``--markdown PATH`` (docs/results/benchmarks/): the command that ran, the date,
+the machine, then the printed tables. The Keras side needs Keras and TensorFlow, which are never installed with the
+package; its figures are on the benchmarks page."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import sys
 
 import pytest
@@ -12,8 +17,23 @@ import pytest
 from tests.conftest import REPO_ROOT, write_fake_mnist
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import machine  # noqa: E402  (benchmarks/machine.py)
+
 keras_parity = pytest.importorskip("keras_parity")
 speed_options = pytest.importorskip("speed_options")
+inference = pytest.importorskip("inference")
+
+BENCHMARKS = sorted(path for path in (REPO_ROOT / "benchmarks").glob("*.py") if path.name != "machine.py")
+
+
+def _assert_fragment_header(text: str, command: str) -> None:
+    """The fragment names the command that ran, the date and time (UTC), the machine, the software and the load."""
+    assert f"```bash\n{command}\n```" in text
+    assert re.search(r"^Measured on \d{4}-\d\d-\d\d at \d\d:\d\d UTC, in \d+ min \d+ s, by:$", text, re.MULTILINE)
+    machine_line = f"- **Machine:** {machine.cpu_name()}, {os.cpu_count()} logical cores (AVX512-BF16 "
+    assert machine_line in text and ", AMX " in text and "GPU: none used" in text
+    assert re.search(r"^- \*\*Software:\*\* Python [\d.]+, torch \S+, Lightning \S+$", text, re.MULTILINE)
+    assert re.search(r"^- \*\*Load:\*\* 1-min load average [\d.]+ at the start, [\d.]+ at the end", text, re.MULTILINE)
 
 
 def test_keras_gets_the_configs_optimizer_settings():
@@ -47,12 +67,52 @@ def test_our_side_of_the_keras_benchmark_times_steps_and_counts_parameters(tmp_p
     assert result["ms"] > 0
 
 
-def test_speed_options_prints_a_row_per_variant(tmp_path, monkeypatch, capsys):
+def test_speed_options_prints_a_row_per_variant_and_writes_them_as_markdown(tmp_path, monkeypatch, capsys):
     data = write_fake_mnist(tmp_path / "data", n_train=2100, n_test=40)
     variants = ["torch defaults", "+ channels_last (default)"]
-    argv = ["speed_options.py", "--models", "lenet", "--rounds", "1", "--steps", "2", "--warmup", "1"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--batch-size", "16", "--data-dir", str(data), "--variants", *variants])
+    fragment = tmp_path / "results" / "speed_options.md"
+    argv = ["--models", "lenet", "--rounds", "1", "--steps", "2", "--warmup", "1", "--batch-size", "16"]
+    argv += ["--data-dir", str(data), "--markdown", str(fragment), "--variants", *variants]
+    monkeypatch.setattr(sys, "argv", ["speed_options.py", *argv])  # as started from the shell
     speed_options.main()
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| torch defaults") or line.startswith("| + chan")]
     assert len(rows) == 2 and "| 1.00 (1.00–1.00) |" in rows[0]
+
+    text = fragment.read_text()
+    command = "python benchmarks/speed_options.py " + shlex.join(argv)
+    _assert_fragment_header(text, command)
+    # The printed table, as a Markdown table: a blank line before it, its rows as printed.
+    assert "\n\n| variant | ms/step |" in text and all(f"\n{row}\n" in text for row in rows)
+
+
+def test_inference_writes_its_table_as_a_markdown_fragment(tmp_path, capsys):
+    fragment = tmp_path / "inference.md"
+    argv = ["--rounds", "1", "--seconds", "0.02", "--markdown", str(fragment)]
+    inference.main(argv)  # no checkpoint: it makes one with a smoke fit
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| eager ")]
+
+    text = fragment.read_text()
+    _assert_fragment_header(text, "python benchmarks/inference.py " + " ".join(argv))
+    assert len(printed) == 2 and all(f"\n{row}\n" in text for row in printed)
+    assert re.search(r"^LeNet from last\.ckpt, .*; 1 rounds of 0\.02 s per side and batch", text, re.MULTILINE)
+
+
+def test_a_printed_line_stays_a_paragraph_and_tables_stay_tables(tmp_path):
+    report = machine.Report("benchmarks/example.py", ["--rounds", "2"])
+    report.print("\n2. Random draws (4000 per side)")
+    report.print("| a | b |\n|---|---|\n| 1 | 2 |")
+    report.print("- not a list")
+    report.print("| c |\n|---|\n| 3 |")
+    report.write_markdown(str(tmp_path / "new folder" / "example.md"))
+    text = (tmp_path / "new folder" / "example.md").read_text()
+    _assert_fragment_header(text, "python benchmarks/example.py --rounds 2")
+    # Each printed line a paragraph (a list marker escaped), each run of table rows a table.
+    body = "2\\. Random draws (4000 per side)\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n\\- not a list\n\n| c |\n|---|\n| 3 |\n"
+    assert text.endswith(" logical cores\n\n" + body)
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.name)
+def test_every_benchmark_writes_its_report_with_markdown(script):
+    source = script.read_text()
+    assert "add_markdown_argument(parser)" in source and "report.write_markdown(args.markdown" in source

@@ -1,9 +1,12 @@
 """benchmarks/data_scale.py end to end on a tiny image folder: every side (in memory, streamed, LitData shards)
-runs in its own process and gets a row of figures in the printed and written report. Timings are not checked."""
+runs in its own process and gets a row of figures in the printed report and in its Markdown fragment
+(``--markdown``), which names the command, the date and the machine. Timings are not checked."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import sys
 
 import pytest
@@ -32,7 +35,8 @@ def _rows(report: str) -> dict[str, dict[str, str]]:
 def test_data_scale_reports_every_side_with_figures(tmp_path, capsys):
     out = tmp_path / "data_scale.md"
     tiny = ["--images", "120", "--size", "32", "--batches", "3", "--warmup", "1", "--rounds", "1"]
-    data_scale.main(["--quick", *tiny, "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    argv = ["--quick", *tiny, "--workdir", str(tmp_path / "work"), "--markdown", str(out)]
+    data_scale.main(argv)
 
     rows = _rows(capsys.readouterr().out)
     assert set(rows) == set(data_scale.SIDES)
@@ -44,5 +48,9 @@ def test_data_scale_reports_every_side_with_figures(tmp_path, capsys):
                 row[column],
             )
     assert rows["in_memory"]["training / in_memory (same round)"] == "1.00 (1.00–1.00)"
-    assert _rows(out.read_text()) == rows
+    fragment = out.read_text()
+    assert _rows(fragment) == rows
+    assert f"```bash\npython benchmarks/data_scale.py {shlex.join(argv)}\n```" in fragment
+    assert re.search(r"^Measured on \d{4}-\d\d-\d\d at \d\d:\d\d UTC", fragment, re.MULTILINE)
+    assert f"- **Machine:** {data_scale.cpu_name()}, {os.cpu_count()} logical cores (AVX512-BF16 " in fragment
     assert (tmp_path / "work" / "folder" / "test").is_dir()
