@@ -21,7 +21,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-HELP_COLUMNS = "100"  # the width argparse wraps help to, so the page does not depend on the terminal
+HELP_COLUMNS = "100"
+SHORT_HELP_SUBCOMMANDS = (
+    "fit",
+    "validate",
+    "test",
+    "predict",
+)  # the others have one help only  # the width argparse wraps help to, so the page does not depend on the terminal
 # The public modules, in the order a reader meets them; each page section lists the module's __all__.
 API_MODULES = (
     ("The module", "lightning_cnn.module"),
@@ -54,13 +60,13 @@ PIECES = {
 
 def cli_help(argv: list[str]) -> str:
     """What ``python cli.py ARGV`` prints (``--help`` exits)."""
-    from lightning_cnn.cli import CNNCLI
+    from lightning_cnn.cli import main
 
     out, saved = io.StringIO(), sys.argv
     sys.argv = ["cli.py", *argv]  # as typed: the usage line names cli.py
     try:
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            CNNCLI(args=None)
+            main()
     finally:
         sys.argv = saved
     return out.getvalue().rstrip()

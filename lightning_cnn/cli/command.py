@@ -53,6 +53,7 @@ from lightning_cnn.cli.errors import (
     _innermost_value_error,
     _user_error_in_chain,
 )
+from lightning_cnn.cli.help import SUBCOMMAND_HELP, help_request, short_help
 from lightning_cnn.cli.runs import (
     _DEFAULT_LOGGERS,
     RUNS_DIR,
@@ -139,6 +140,8 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             )
             self._subcommand_parsers[tool] = tool_parser
             parser._subcommands_action.add_subcommand(tool, tool_parser, help=description)
+        for choice in parser._subcommands_action._choices_actions:  # one line each in `cli.py --help`
+            choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
@@ -426,10 +429,16 @@ def main(args: Optional[list[str]] = None) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
+        argv = with_shipped_configs(sys.argv[1:] if args is None else list(args))
+        short, argv = help_request(argv)
+        if short:
+            prog = Path(sys.argv[0]).name if args is None else "cli.py"
+            print(short_help(short, prog))
+            sys.exit(0)
         if args is None:
-            sys.argv[1:] = with_shipped_configs(sys.argv[1:])
+            sys.argv[1:] = argv
         else:
-            args = with_shipped_configs(list(args))
+            args = argv
         CNNCLI(args=args)
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

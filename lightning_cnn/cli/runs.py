@@ -34,6 +34,8 @@ class _SaveConfigWhole(SaveConfigCallback):
         parser_save = self.parser.save
 
         def save_whole(config: Namespace, path: str, **kwargs: Any) -> None:
+            if "skip_none" in kwargs:  # Lightning still passes it; jsonargparse 4.49 renamed it skip_unset
+                kwargs["skip_unset"] = kwargs.pop("skip_none")
             with written_whole(Path(path)) as partial:
                 parser_save(config, str(partial), **kwargs)
 
