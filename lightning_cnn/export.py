@@ -1,4 +1,5 @@
-"""Export a trained classifier for use outside Python training code: ONNX or TorchScript.
+"""Export a trained classifier for use outside Python training code: ONNX, a ``torch.export`` program (``pt2``) or
+TorchScript (legacy: ``torch.jit`` is deprecated upstream; kept for the C++ and mobile runtimes that load it).
 
 ``python cli.py export --ckpt_path runs/…/last.ckpt --format onnx [--out model.onnx]``
 
@@ -6,7 +7,8 @@ The exported model is :class:`DeployableClassifier`: it takes float32 pixels in 
 with any batch size N, and returns class probabilities ``(N, num_classes)`` (a one-logit binary network gives
 ``[1 - p, p]``). The normalization recorded in the checkpoint is inside the model, so a deployer only decodes,
 resizes to the stored input size and divides by 255. The class names, input size and channels are stored in the
-file: ONNX ``metadata_props`` (values as JSON), or the TorchScript archive's ``metadata.json``.
+file: ONNX ``metadata_props`` (values as JSON), or the ``metadata.json`` extra file of the ``pt2`` and TorchScript
+archives (``torch.export.load(path, extra_files={"metadata.json": ""})``).
 
 ONNX needs the optional extra: ``pip install -e .[export]`` (onnx, onnxscript; onnxruntime to run the file).
 """
@@ -26,9 +28,9 @@ from lightning_cnn.preprocessing import Preprocessing
 
 __all__ = ["FORMATS", "DeployableClassifier", "ExportError", "export", "metadata"]
 
-Format = Literal["onnx", "torchscript"]
+Format = Literal["onnx", "pt2", "torchscript"]
 #: Export formats and the file suffix each gets by default.
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 # ONNX opset of the exported graph: supported by onnxruntime releases of the last two years.
 ONNX_OPSET = 18
 # Batch of the example input traced; 2, not 1, so the exporters do not specialize the batch axis to 1.
@@ -126,6 +128,8 @@ def export(checkpoint: Union[str, Path], format: Format = "onnx", out: Optional[
     try:
         if format == "onnx":
             _export_onnx(model, example, path, info)
+        elif format == "pt2":
+            _export_program(model, example, path, info)
         else:
             _export_torchscript(model, example, path, info)
         _check(model, path, format, preprocessing)
@@ -161,6 +165,12 @@ def _export_onnx(model: nn.Module, example: Tensor, path: Path, info: dict[str, 
     onnx.save(graph, str(path))
 
 
+def _export_program(model: nn.Module, example: Tensor, path: Path, info: dict[str, str]) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes={"pixels": {0: batch}})
+    torch.export.save(program, str(path), extra_files={"metadata.json": json.dumps(info)})
+
+
 def _export_torchscript(model: nn.Module, example: Tensor, path: Path, info: dict[str, str]) -> None:
     with warnings.catch_warnings():
         # torch.jit is deprecated in favour of torch.export, but TorchScript files are what many C++ and mobile
@@ -171,12 +181,16 @@ def _export_torchscript(model: nn.Module, example: Tensor, path: Path, info: dic
 
 
 def run_exported(path: Union[str, Path], format: Format, pixels: Tensor) -> Tensor:
-    """Probabilities from an exported file (onnxruntime on the CPU, or ``torch.jit.load``)."""
+    """Probabilities from an exported file (onnxruntime on the CPU, ``torch.export.load`` or ``torch.jit.load``)."""
     if format == "onnx":
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {"pixels": pixels.numpy()})[0])
+    if format == "pt2":
+        program = torch.export.load(str(path))
+        with torch.inference_mode():
+            return program.module()(pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu")

@@ -136,6 +136,22 @@ def test_torchscript_matches_eager_on_real_images(name, checkpoint_of, fashion_t
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_pt2_program_matches_eager_on_real_images(name, checkpoint_of, fashion_test_set, tmp_path, capsys):
+    eager = _Eager(checkpoint_of(name), fashion_test_set, binary_task=name == "functional_binary")
+    path = export(checkpoint_of(name), "pt2", tmp_path / "m.pt2")
+    _assert_parity(run_exported(path, "pt2", eager.pixels), eager.probabilities)
+    _assert_parity(run_exported(path, "pt2", eager.pixels[:1]), eager.probabilities[:1])  # any batch size
+
+    extra = {"metadata.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # unlike torch.jit.load, nothing deprecated
+        torch.export.load(str(path), extra_files=extra)
+    info = json.loads(extra["metadata.json"])
+    assert json.loads(info["class_names"]) == eager.class_names
+    assert "checked against PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_onnx_matches_eager_on_real_images(name, checkpoint_of, fashion_test_set, tmp_path):
     _require_onnx()
     import onnxruntime

@@ -17,7 +17,7 @@ SUBCOMMAND_HELP = {
     "predict": "predict the classes of new images with a checkpoint",
     "summary": "print the model as Keras' model.summary(), no training",
     "preview": "draw training images before and after augmentation",
-    "export": "export a checkpoint to ONNX or TorchScript",
+    "export": "export a checkpoint to ONNX, pt2 or TorchScript",
     "optimize": "write a config's dataset as LitData shards",
 }
 

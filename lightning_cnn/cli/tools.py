@@ -68,14 +68,15 @@ class ToolSubcommands:
         format: str = "onnx",
         out: Optional[str] = None,
     ) -> None:
-        """Export a trained checkpoint (--ckpt_path) as ONNX or TorchScript, normalization included.
+        """Export a trained checkpoint (--ckpt_path) as ONNX, pt2 (torch.export) or TorchScript, normalization included.
 
         Float pixels in [0, 1] ``(N, C, H, W)`` in, class probabilities out; class names and input size in the
         file's metadata.
 
         Args:
             ckpt_path: The checkpoint to export (written by ``cli.py fit``); no config is needed beside it.
-            format: ``onnx`` or ``torchscript``.
+            format: ``onnx``; ``pt2``, a ``torch.export`` program (load it with ``torch.export.load``); or
+                ``torchscript``, the legacy format (``torch.jit`` is deprecated upstream).
             out: Output file; default beside the checkpoint, never replacing a file.
         """
         if not ckpt_path:
