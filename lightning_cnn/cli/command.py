@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from jsonargparse import Namespace
@@ -25,6 +26,7 @@ from lightning_cnn.callbacks import (
     PredictionWriter,
     TrainingPlots,
 )
+from lightning_cnn.callbacks.progress import RunLog, prints_lines
 from lightning_cnn.callbacks.rng_state import RNGStateCheckpoint
 from lightning_cnn.checkpoints import (
     AtomicCheckpointIO,
@@ -79,6 +81,15 @@ _LIGHTNING_NOTICES = (
     # Every run logs into a new version folder, so a checkpoint restored by `--ckpt_path` always comes from another
     # folder than the run's: Lightning's notice about it would appear on every test, predict and resume.
     r".*The dirpath has changed from.*",
+    # A short run (a smoke test, fast_dev_run) has fewer batches than Lightning's logging interval.
+    r".*is smaller than the logging interval.*",
+)
+# Lightning's info notices ("GPU available: …", "Seed set to 42", tips about other products): hidden unless
+# --log_level info, since the run's own header says what it uses. Warnings on these loggers still show.
+_NOTICE_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning_fabric.utilities.seed",
 )
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
@@ -174,6 +185,10 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             self._defaults_from_checkpoint(self._argv)
             self._default_loggers(parser, self._argv)
         super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        level = ((self.config.get(subcommand) if subcommand else self.config).get("log_level") or "warning").upper()
+        for name in _NOTICE_LOGGERS:
+            logging.getLogger(name).setLevel(level)
 
     def _default_loggers(self, parser: LightningArgumentParser, argv: list[str]) -> None:
         """Unless a config sets ``trainer.logger``, log CSV + TensorBoard into ``runs/<experiment>/version_N``, where
@@ -251,10 +266,18 @@ class CNNCLI(ToolSubcommands, LightningCLI):
                 "resume_checkpoint.enable_version_counter": False,
             }
         )
+        parser.add_lightning_class_args(RunLog, "progress")  # before the summary: its header comes first
         parser.add_lightning_class_args(KerasModelSummary, "summary")
         parser.add_lightning_class_args(TrainingPlots, "plots")
         parser.add_lightning_class_args(ClassificationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_argument(
+            "--log_level",
+            type=Literal["debug", "info", "warning", "error"],
+            default="warning",
+            help="Level of Lightning's own log messages: info also prints its notices (devices found, seed set, "
+            "tips), which the run's header replaces.",
+        )
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -273,6 +296,9 @@ class CNNCLI(ToolSubcommands, LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self._subcommand_config()
+        progress = config.get("progress")
+        if progress is not None and prints_lines(progress.mode) and config.get("trainer"):
+            config["trainer"]["enable_progress_bar"] = False  # one line per epoch instead (RunLog)
         if config.get("cpu_threads"):
             torch.set_num_threads(config["cpu_threads"])
         if config.get("inputs"):  # new images: prepared with the checkpoint's preprocessing, not the config's data
@@ -414,8 +440,11 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         if not self._get(self.config, "test_after_fit", default=True):
             return
         checkpoint = self.trainer.checkpoint_callback
-        ckpt_path: Optional[str] = "best" if checkpoint is not None and checkpoint.best_model_path else None
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+        ckpt_path: Optional[str] = checkpoint.best_model_path if checkpoint is not None else None
+        if self.trainer.is_global_zero:
+            tested = f"the best checkpoint, {ckpt_path}" if ckpt_path else "the final weights (no checkpoint kept)"
+            print(f"Testing {tested}", flush=True)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or None)
 
 
 def main(args: Optional[list[str]] = None) -> None:
