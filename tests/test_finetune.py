@@ -423,3 +423,18 @@ def test_fine_tuning_configs_log_every_groups_learning_rate():
     assert len(configs) >= 2
     for path in configs:
         assert "pytorch_lightning.callbacks.LearningRateMonitor" in path.read_text(), path.name
+
+
+def test_cli_summary_counts_the_frozen_backbone_as_keras_does(in_tmp, capsys):
+    """The slides' VGG16 after `trainable = False`: Keras' oracle (shared notes) counts VGG16(include_top=False),
+    14,714,688 parameters, as non-trainable; the summary subcommand freezes as fit does before printing."""
+    from lightning_cnn.cli import main
+
+    config = str(REPO_ROOT / "configs" / "vgg16_finetune_cifar10.yaml")
+    offline = ["--model.init_args.net.init_args.weights", "none"]  # the counts do not depend on the weights
+    main(["summary", "--config", config, *offline])
+    out = capsys.readouterr().out
+    assert "Total params: 15,250,250" in out and "Trainable params: 535,562" in out
+    assert "Non-trainable params: 14,714,688" in out
+    main(["summary", "--config", config, *offline, "--trainer.callbacks.init_args.unfreeze_at_epoch", "5"])
+    assert "at epoch 5 the backbone is unfrozen: 15,250,250 trainable parameters" in capsys.readouterr().out

@@ -32,12 +32,12 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 
+from lightning_cnn.console import say
 from lightning_cnn.models.backbones import load_backbone_weights
 
 __all__ = ["FreezeBackbone"]
@@ -150,6 +150,24 @@ class FreezeBackbone(Callback):
         still_frozen = {id(p) for p in self._frozen_params(stage)}
         return [p for p in self._frozen_params(stage - 1) if id(p) not in still_frozen]
 
+    def trainable_after(self, pl_module: pl.LightningModule, stage: int) -> int:
+        """How many of ``pl_module``'s parameters train once ``stage`` milestones are passed (0: fully frozen)."""
+        assert self._backbone is not None  # set in setup; internal invariant, not user input
+        backbone = {id(p) for p in self._backbone.parameters()}
+        frozen = {id(p) for p in self._frozen_params(stage)}
+        # A backbone parameter trains unless that stage leaves it frozen; any other keeps its own setting.
+        trains = [(id(p) not in frozen) if id(p) in backbone else p.requires_grad for p in pl_module.parameters()]
+        return sum(p.numel() for p, train in zip(pl_module.parameters(), trains) if train)
+
+    def plan(self, pl_module: pl.LightningModule) -> list[str]:
+        """One line per milestone: the epoch it unfreezes at and the trainable count from then on."""
+        return [
+            f"FreezeBackbone: at epoch {epoch} the backbone is unfrozen"
+            f"{'' if stage == len(self.milestones) else ' in part'}: "
+            f"{self.trainable_after(pl_module, stage):,} trainable parameters from then on."
+            for stage, epoch in enumerate(self.milestones, start=1)
+        ]
+
     def _frozen_batchnorms(self) -> list[_BatchNorm]:
         if self.train_bn:
             return []
@@ -195,9 +213,11 @@ class FreezeBackbone(Callback):
                 bn.train(trainer.lightning_module.training)
         _add_param_group(optimizer, params, lr, trainer)
         if self.verbose:
-            rank_zero_info(
+            trainable = sum(p.numel() for p in trainer.lightning_module.parameters() if p.requires_grad)
+            say(
                 f"FreezeBackbone: epoch {trainer.current_epoch}: unfroze {sum(p.numel() for p in params):,} backbone "
-                f"parameters (milestone {self.stage}/{len(self.milestones)}), learning rate {lr:g}."
+                f"parameters (milestone {self.stage}/{len(self.milestones)}), learning rate {lr:g}; "
+                f"{trainable:,} trainable parameters now."
             )
 
     def _average_unregistered_grads(self) -> None:
@@ -232,7 +252,7 @@ class FreezeBackbone(Callback):
             frozen = sum(p.numel() for p in self._frozen_params(self.stage))
             bn = "trainable" if self.train_bn else "frozen, in eval mode"
             source = f", weights from {self.backbone_weights}" if self.backbone_weights else ""
-            rank_zero_info(f"FreezeBackbone: froze {frozen:,} backbone parameters (BatchNorm {bn}{source}).")
+            say(f"FreezeBackbone: froze {frozen:,} backbone parameters (BatchNorm {bn}{source}).")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:

@@ -18,10 +18,10 @@ import torch
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from lightning_cnn.checkpoints import CheckpointError, load_checkpoint
+from lightning_cnn.console import say
 from lightning_cnn.module import ImageClassifier
 
 __all__ = ["SourceTaskMonitor"]
@@ -232,9 +232,7 @@ class SourceTaskMonitor(Callback):
         pl_module.log("source/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         if self.verbose:
             change = f" ({accuracy - self.before:+.2%} since the start)" if self.before is not None else ""
-            rank_zero_info(
-                f"SourceTaskMonitor: epoch {epoch}: source-task {self.split} accuracy {accuracy:.2%}{change}."
-            )
+            say(f"SourceTaskMonitor: epoch {epoch}: source-task {self.split} accuracy {accuracy:.2%}{change}.")
 
     # --- Lightning hooks (delegate) ----------------------------------------------------------------------------
 
@@ -254,7 +252,7 @@ class SourceTaskMonitor(Callback):
         if self.before is None:  # a resumed run keeps the value of the run's real start
             self.before, _ = self._evaluate(trainer, pl_module)
             if self.verbose:
-                rank_zero_info(
+                say(
                     f"SourceTaskMonitor: source-task {self.split} accuracy before training {self.before:.2%} "
                     f"(head of {self.checkpoint})."
                 )

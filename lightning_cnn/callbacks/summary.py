@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelSummary
 
+from lightning_cnn.callbacks.finetune import FreezeBackbone
 from lightning_cnn.summary import keras_summary
 
 __all__ = ["KerasModelSummary"]
@@ -15,7 +16,8 @@ class KerasModelSummary(ModelSummary):
     main process only). Being a ``ModelSummary``, it replaces the one Lightning adds by default, so switching it off
     leaves no summary at all.
 
-    The table's Trainable column shows what a fine-tuning callback froze, since it runs after freezing.
+    The table's Trainable column shows what a fine-tuning callback froze, since it runs after freezing; a
+    ``FreezeBackbone`` that unfreezes later adds one line per milestone with the trainable count from then on.
 
     Args:
         enabled: Print the summary when ``fit`` starts (``summary: {enabled: false}`` in YAML to skip it).
@@ -31,6 +33,9 @@ class KerasModelSummary(ModelSummary):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.enabled and trainer.is_global_zero:
             self.print_summary(pl_module)
+            for freezer in (c for c in trainer.callbacks if isinstance(c, FreezeBackbone)):
+                for line in freezer.plan(pl_module):  # when the trainable count above changes, and to what
+                    print(line, flush=True)
 
     def print_summary(self, pl_module: pl.LightningModule) -> None:
         """Print the table for ``pl_module``'s ``net`` (or the module itself when it has none)."""

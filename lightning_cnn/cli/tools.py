@@ -12,6 +12,7 @@ from jsonargparse.typing import PositiveInt
 from pytorch_lightning import LightningDataModule, LightningModule
 
 from lightning_cnn.callbacks import (
+    FreezeBackbone,
     KerasModelSummary,
 )
 from lightning_cnn.cli.arguments import _experiment_name
@@ -33,8 +34,19 @@ class ToolSubcommands:
     """The tools, mixed into :class:`~lightning_cnn.cli.command.CNNCLI`: each method is one subcommand."""
 
     def summary(self, model: LightningModule, datamodule: Optional[LightningDataModule] = None) -> None:
-        """Print the model's Keras-style summary (model.summary()) without training; options under summary:."""
+        """Print the model's Keras-style summary (model.summary()) without training; options under summary:.
+
+        A ``FreezeBackbone`` among the config's callbacks freezes the backbone first, as ``fit`` does before its
+        table: the frozen parameters count as non-trainable, as in Keras after ``trainable = False``; a line per
+        later unfreezing gives the trainable count from then on.
+        """
+        freezers = [c for c in self.trainer.callbacks if isinstance(c, FreezeBackbone)]
+        for freezer in freezers:
+            freezer.setup(self.trainer, model, "fit")
         self._summary_callback().print_summary(model)
+        for freezer in freezers:
+            for line in freezer.plan(model):
+                print(line, flush=True)
 
     def preview(
         self,

@@ -34,8 +34,9 @@ from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import torch
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_warn
 
+from lightning_cnn.console import say
 from lightning_cnn.data.base import ImageDataModule
 from lightning_cnn.data.dataset import ImageArrays, ImageFileDataset, decode_resized
 from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
@@ -277,7 +278,7 @@ class ImageFolderDataModule(ImageDataModule):
         decoded = files * self.channels * self.image_size[0] * self.image_size[1] * processes
         allowed = self.memory_share * _ram_bytes()
         if decoded > allowed:
-            rank_zero_info(
+            say(
                 f"{self.root}: {files} images at {self.image_size[0]}x{self.image_size[1]} would take "
                 f"{decoded / 2**30:.1f} GiB in memory ({processes} process(es)), over memory_share {self.memory_share} "
                 f"of RAM ({allowed / 2**30:.1f} GiB): streaming them from their files (data.in_memory: true to override)."
