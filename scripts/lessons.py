@@ -14,9 +14,10 @@ read from Debian's ``dataset-fashion-mnist`` package as ``make quickstart`` does
 Each command's output goes to ``output/<name>.txt``: the line ``$ <command>``, then what it printed (stdout and
 stderr, in order), each line cut to the text after its last carriage return, terminal escapes removed, trailing
 spaces stripped, and the absolute paths of the checkout and the scratch folder made relative. Output longer than
-:data:`LONG_OUTPUT` lines is shortened: Lightning's progress bars are dropped (when its output is not a terminal
-it prints one line per update, thousands per fit) except each epoch's last line, which holds the epoch's metrics;
-the model summary, the messages and the test tables stay. Each cut is marked with a line ``[… N lines …]``.
+:data:`LONG_OUTPUT` lines is shortened: progress-bar lines (a run with ``--progress.mode bar`` prints one per update
+into a pipe) are dropped except each epoch's last one; the model summary, the messages and the test tables stay.
+Each cut is marked with a line ``[… N lines …]``. A plain ``fit`` into a pipe prints one line per epoch and is
+kept whole.
 The figures the runs write are copied to ``figures/<name>.png``.
 
 About 13 minutes on 2 CPU cores shared with other work (LeNet's fit 35 s, the functional CNN's 40 s, the BatchNorm

@@ -83,11 +83,12 @@ class RunLog(Callback):
     # --- the header -------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        folder = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every process asks
         if self.header and trainer.is_global_zero:
-            print("\n".join(self._header(trainer, pl_module)), flush=True)
+            print("\n".join(self._header(trainer, pl_module, folder)), flush=True)
 
-    def _header(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str]:
-        lines = [f"run: {trainer.log_dir or trainer.default_root_dir}"]
+    def _header(self, trainer: pl.Trainer, pl_module: pl.LightningModule, folder: str) -> list[str]:
+        lines = [f"run: {folder}"]
         data = trainer.datamodule
         if data is not None:
             sizes = {split: _count(getattr(data, f"{split}_set", None)) for split in ("train", "val", "test")}
