@@ -91,6 +91,14 @@ _NOTICE_LOGGERS = (
     "lightning_fabric.utilities.rank_zero",
     "lightning_fabric.utilities.seed",
 )
+# The notices those loggers print that the header replaces; other messages (restoring a checkpoint...) still show.
+_NOTICE_STARTS = ("GPU available", "TPU available", "HPU available", "💡 Tip", "Trainer already configured", "Seed set")
+
+
+def _hide_notices(record: logging.LogRecord) -> bool:
+    return not str(record.msg).lstrip().startswith(_NOTICE_STARTS)
+
+
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
 # What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it). The
@@ -188,7 +196,12 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         subcommand = self.config.get("subcommand")
         level = ((self.config.get(subcommand) if subcommand else self.config).get("log_level") or "warning").upper()
         for name in _NOTICE_LOGGERS:
-            logging.getLogger(name).setLevel(level)
+            logger = logging.getLogger(name)
+            logger.removeFilter(_hide_notices)
+            if level != "INFO" and level != "DEBUG":
+                logger.addFilter(_hide_notices)  # the notices only: what it restores from, for one, still shows
+            if level in ("ERROR", "DEBUG"):
+                logger.setLevel(level)
 
     def _default_loggers(self, parser: LightningArgumentParser, argv: list[str]) -> None:
         """Unless a config sets ``trainer.logger``, log CSV + TensorBoard into ``runs/<experiment>/version_N``, where
