@@ -34,6 +34,18 @@ CONFIGS = REPO_ROOT / "configs"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
+def load_script(path: Path, name: str):
+    """Import a script of scripts/ (not a package) as a module named ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
 def make_class_images(rng: np.random.Generator, n: int, size: int, channels: int, num_classes: int):
     """Noisy images whose class is a bright square at a class-specific position: learnable in a few steps."""
     labels = rng.integers(0, num_classes, size=n)

@@ -4,27 +4,18 @@ The quick run trains on the real Fashion-MNIST and is marked slow."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import FASHION_MNIST_SYSTEM_DIR, REPO_ROOT
+from tests.conftest import FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, load_script
 
 SCRIPT = REPO_ROOT / "scripts" / "lessons.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("lessons_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-lessons = _load_script()
+lessons = load_script(SCRIPT, "lessons_script")
 
 
 @pytest.mark.slow

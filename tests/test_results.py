@@ -4,26 +4,17 @@ The run over every shipped config on the real Fashion-MNIST is marked slow."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, write_fake_mnist
+from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, load_script, write_fake_mnist
 
 SCRIPT = REPO_ROOT / "scripts" / "results.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-results = _load_script()
+results = load_script(SCRIPT, "results_script")
 
 
 def _row(text: str, config: str) -> list[str]:
