@@ -17,6 +17,7 @@ Subclass it to change behaviour; the methods meant to be overridden are:
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -168,6 +169,7 @@ class ImageClassifier(pl.LightningModule):
         self.compile_net = compile
         self._compiled = False
         self._channels_last = False  # decided in setup(), once the device is known
+        self._stride_hooks: list[Any] = []
 
         # Evaluation metrics take predicted class ids (see predicted_labels), so a binary network's logits are never
         # mistaken for probabilities; the confusion matrices give the per-class report and the test picture.
@@ -331,6 +333,15 @@ class ImageClassifier(pl.LightningModule):
         wanted = self.memory_format
         self._channels_last = wanted == "channels_last" or (wanted == "auto" and device.type == "cpu")
         self.net.to(memory_format=torch.channels_last if self._channels_last else torch.contiguous_format)
+        for handle in self._stride_hooks:
+            handle.remove()
+        self._stride_hooks = []
+        for param in self.net.parameters():
+            if param.dim() == 4 and param.is_contiguous() and param.stride() != _default_strides(param.shape):
+                trainable = param.requires_grad
+                param.requires_grad_(True)  # a hook needs it; a frozen kernel keeps its hook for when it is unfrozen
+                self._stride_hooks.append(param.register_hook(functools.partial(_with_strides_of, param)))
+                param.requires_grad_(trainable)
 
     def _warn_if_bf16_is_emulated(self) -> None:
         precision = str(self.trainer.precision)
@@ -464,3 +475,20 @@ def _from_net(net: nn.Module, name: str, given: Any, carried: Any) -> Any:
 
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _default_strides(shape: torch.Size) -> tuple[int, ...]:
+    return torch.empty(shape, device="meta").stride()
+
+
+def _with_strides_of(param: Tensor, grad: Tensor) -> Tensor:
+    """``grad`` with ``param``'s strides, without a copy, when the two differ only on size-1 dimensions.
+
+    A kernel with one input channel (or a 1x1 kernel) is the same bytes in NCHW and NHWC, so ops disagree on its
+    strides: a convolution's gradient has the parameter's channels_last strides, a regularizer's has NCHW ones.
+    Autograd accepts either; DDP compares strides literally and copies every such gradient, with a warning. Both
+    are dense and equal on every dimension that counts, so the view below addresses the same elements.
+    """
+    if grad.stride() != param.stride() and grad.is_contiguous():
+        return grad.as_strided(param.shape, param.stride())
+    return grad

@@ -63,6 +63,16 @@ def test_page_runs_as_written(page: Path, tmp_path: Path, request: pytest.Fixtur
     print("\n".join(run_page(page, workspace)))
 
 
+def test_no_table_repeats_its_header_row() -> None:
+    repeated = []
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        for i in range(2, len(lines)):
+            if lines[i].startswith("|") and lines[i] == lines[i - 2] and set(lines[i - 1]) <= set("|-: "):
+                repeated.append(f"{page.relative_to(REPO_ROOT)}:{i + 1}: {lines[i][:60]}")
+    assert not repeated
+
+
 # --- the runner itself: each check can fail ---------------------------------------------------------------------
 
 

@@ -14,8 +14,9 @@ from torch import nn
 from lightning_cnn import ImageClassifier
 from lightning_cnn import module as module_file
 from lightning_cnn.data import FashionMNISTDataModule
-from lightning_cnn.models import BatchNormCNN, LeNet
+from lightning_cnn.models import BatchNormCNN, ConvNet, LeNet, TorchvisionNet
 from lightning_cnn.models.layers import Dropout
+from lightning_cnn.regularization import L1L2, LayerRegularizers
 from tests.conftest import CONFIGS, cli_error_line, write_fake_mnist
 
 
@@ -119,6 +120,46 @@ def test_channels_last_changes_the_layout_not_the_results():
     plain = ImageClassifier(BatchNormCNN(), memory_format="contiguous")
     plain.load_state_dict(model.state_dict())
     assert torch.allclose(plain.eval()(x), expected, atol=1e-5)
+
+
+L2_KERNELS = LayerRegularizers(kernel=L1L2(l2=1e-4))
+
+
+@pytest.mark.parametrize(
+    "net",
+    [
+        pytest.param(lambda: LeNet(regularizers=L2_KERNELS), id="lenet-l2"),
+        pytest.param(
+            lambda: ConvNet(filters=[8, 8], kernel_size=[3, 1], pool_size=0, dense_units=[], regularizers=L2_KERNELS),
+            id="1x1-kernel-l2",
+        ),
+        pytest.param(
+            lambda: TorchvisionNet(arch="mobilenet_v3_small", weights=None, num_classes=10, in_channels=1),
+            id="depthwise",
+        ),
+    ],
+)
+def test_every_gradient_has_its_parameters_strides_as_ddp_requires(net):
+    # A 1-channel or 1x1 kernel is the same bytes in both layouts; a regularizer's gradient used to come back with
+    # NCHW strides, and DDP copies (with a "Grad strides do not match bucket view strides" warning) on a mismatch.
+    model = ImageClassifier(net(), num_classes=10, memory_format="channels_last")
+    model._apply_memory_format(torch.device("cpu"))
+    logits = model(torch.randn(4, 1, 28, 28))
+    (torch.nn.functional.cross_entropy(logits, torch.arange(4)) + model.regularization_loss()).backward()
+    mismatched = {
+        name: (p.stride(), p.grad.stride()) for name, p in model.named_parameters() if p.stride() != p.grad.stride()
+    }
+    assert not mismatched
+
+
+def test_a_kernel_frozen_when_the_layout_is_set_gets_its_strides_once_unfrozen():
+    model = ImageClassifier(LeNet(regularizers=L2_KERNELS), num_classes=10, memory_format="channels_last")
+    model.net.requires_grad_(False)  # FreezeBackbone's setup runs before the module's
+    model._apply_memory_format(torch.device("cpu"))
+    assert not any(p.requires_grad for p in model.net.parameters())
+    model.net.requires_grad_(True)
+    (model(torch.randn(4, 1, 28, 28)).sum() + model.regularization_loss()).backward()
+    assert all(p.stride() == p.grad.stride() for p in model.net.parameters())
 
 
 def test_a_bad_memory_format_is_refused():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from contextlib import nullcontext
@@ -90,13 +91,25 @@ _NOTICE_LOGGERS = (
     "pytorch_lightning.utilities.rank_zero",
     "lightning_fabric.utilities.rank_zero",
     "lightning_fabric.utilities.seed",
+    "lightning_fabric.utilities.distributed",
 )
 # The notices those loggers print that the header replaces; other messages (restoring a checkpoint...) still show.
-_NOTICE_STARTS = ("GPU available", "TPU available", "HPU available", "💡 Tip", "Trainer already configured", "Seed set")
+_NOTICE_STARTS = (
+    "GPU available",
+    "TPU available",
+    "HPU available",
+    "💡 Tip",
+    "Trainer already configured",
+    "Seed set",
+    "Initializing distributed",
+    "distributed_backend=",
+)
 
 
 def _hide_notices(record: logging.LogRecord) -> bool:
-    return not str(record.msg).lstrip().startswith(_NOTICE_STARTS)
+    # Other processes prefix their rank; the DDP notice comes inside a ruler of dashes.
+    message = re.sub(r"^[\s-]*(\[rank: \d+\]\s*)?", "", str(record.msg))
+    return not message.startswith(_NOTICE_STARTS)
 
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
