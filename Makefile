@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Re-install only when the project's dependencies change.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev,export,stream,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export,stream,docs,tune]"
 	touch $@
 
 setup: $(VENV)/.installed

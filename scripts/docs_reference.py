@@ -46,6 +46,7 @@ API_MODULES = (
     ("Registries", "lightning_cnn.registry"),
     ("Output paths", "lightning_cnn.paths"),
     ("Command line", "lightning_cnn.cli"),
+    ("Sweeps", "lightning_cnn.tune"),
 )
 # Folders of configs/ that hold pieces, and what they are.
 PIECES = {
@@ -55,6 +56,7 @@ PIECES = {
     "callbacks": "Callbacks (`trainer.callbacks: callbacks/NAME.yaml`).",
     "augmentation": "Augmentation (a second `--config augmentation/NAME`).",
     "transfer": "The offline transfer experiment (`--config transfer/NAME`).",
+    "search": "Search files of sweeps (`python cli.py tune --config EXPERIMENT --search NAME`).",
 }
 
 

@@ -19,7 +19,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What a scratch folder links to from the checkout, so pages can name these as a reader in the checkout does.
 CHECKOUT_LINKS = ("cli.py", "configs", "examples", "slurm", "scripts", "benchmarks")
-CLI_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "preview", "export", "optimize")
+CLI_SUBCOMMANDS = ("fit", "validate", "test", "predict", "summary", "preview", "export", "optimize", "tune")
 PAGE_TIMEOUT_S = 1800  # catches a hung page only; a page's blocks take seconds to minutes
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^`\n]*)$")
@@ -155,18 +155,24 @@ def shell_script(block: Block) -> str:
 
 
 def _parse_only(command: str, words: list[str]) -> str:
-    if words[0] == "sbatch":  # sbatch [options] slurm/train.sbatch CONFIG [cli.py options]
+    if words[0] == "sbatch":  # sbatch [options] slurm/train.sbatch CONFIG [cli.py options], or tune.sbatch
         script = next(i for i, word in enumerate(words) if word.endswith(".sbatch"))
-        config, extra = words[script + 1], words[script + 2 :]
-        arguments = ["fit", "--config", config, *extra]
+        if words[script].endswith("tune.sbatch"):  # tune.sbatch CONFIG SEARCH [tune options]
+            config, search, extra = words[script + 1], words[script + 2], words[script + 3 :]
+            arguments = ["tune", "--config", config, "--search", search, *extra]
+        else:
+            config, extra = words[script + 1], words[script + 2 :]
+            arguments = ["fit", "--config", config, *extra]
         head = f"test -f {shlex.quote(words[script])}"
     else:
         arguments = _cli_arguments(words)
         if arguments is None:
             raise ValueError(f"cannot check {command!r}: no cli.py or lightning-cnn in it")
         head = ":"
-    # Shell words stay unquoted so $VARIABLES expand as in the original line.
-    return f"{head} && python cli.py {' '.join(arguments)} --print_config > /dev/null"
+    # Shell words stay unquoted so $VARIABLES expand as in the original line. A sweep checks its config and search
+    # file with --dry-run.
+    check = "--dry-run" if arguments[0] == "tune" else "--print_config"
+    return f"{head} && python cli.py {' '.join(arguments)} {check} > /dev/null"
 
 
 # The shell functions and PATH shims the scripts run with.
@@ -192,8 +198,12 @@ SUBCOMMANDS = {subcommands!r}
 
 
 def smoke(args):
-    asks_only = any(arg.startswith("--print_config") or arg in ("--help", "-h") for arg in args)
+    asks_only = any(arg.startswith("--print_config") or arg in ("--help", "-h", "--dry-run") for arg in args)
     if args and args[0] in SUBCOMMANDS and not asks_only:
+        if args[0] == "tune":  # a sweep of two smoke trials, one at a time
+            capped = ("--trials", "--workers")
+            args = [a for i, a in enumerate(args) if not a.startswith(capped) and (i == 0 or args[i - 1] not in capped)]
+            args += ["--trials", "2"]
         return [*args, "--trainer", os.environ["SMOKE_TRAINER"]]
     return args
 

@@ -17,7 +17,7 @@ from lightning_cnn.cli import CNNCLI
 from tests.conftest import CONFIGS, REPO_ROOT, write_fake_cifar, write_fake_mnist
 
 # Experiments are the YAML files at the top of configs/ and in its sub-folders other than the reusable pieces.
-PIECES = {"augmentation", "callbacks", "data", "model", "trainer"}
+PIECES = {"augmentation", "callbacks", "data", "model", "search", "trainer"}
 EXPERIMENTS = sorted(
     p for p in CONFIGS.rglob("*.yaml") if p.parent == CONFIGS or p.relative_to(CONFIGS).parts[0] not in PIECES
 )

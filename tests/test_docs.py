@@ -9,11 +9,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import FASHION_MNIST_SYSTEM_DIR
 from tests.docs_runner import (
+    _SHIM,
     REPO_ROOT,
     Block,
     Workspace,
@@ -25,6 +27,8 @@ from tests.docs_runner import (
     shell_script,
 )
 
+# The shim's smoke() alone, run with a stub environment that names the smoke trainer.
+_SHIM_SMOKE = "def smoke(args):" + _SHIM.split("def smoke(args):", 1)[1].split("\n\n\n", 1)[0]
 PAGES = sorted([REPO_ROOT / "README.md", *(REPO_ROOT / "docs").rglob("*.md")])
 needs_fashion_mnist = pytest.mark.skipif(
     not FASHION_MNIST_SYSTEM_DIR.is_dir(),
@@ -116,6 +120,36 @@ def test_shell_lines_are_run_checked_or_left_out_by_kind() -> None:
     )
     assert lines[5] == "check_options benchmarks/inference.py --rounds 5"
     assert lines[6] == "python cli.py summary --config configs/lenet_fashion_mnist.yaml"
+
+
+def test_sweep_lines_are_checked_with_a_dry_run_or_run_as_two_smoke_trials() -> None:
+    code = (
+        "sbatch --array=0-7 slurm/tune.sbatch configs/bn_cnn_fashion_mnist.yaml configs/search/bn_cnn.yaml\n"
+        "python cli.py tune --config c.yaml --search s.yaml --trials 40 --workers 4  # [GPU]\n"
+    )
+    lines = shell_script(Block(Path("page.md"), 1, "bash", code)).splitlines()[1:]
+    assert lines[0] == (
+        "test -f slurm/tune.sbatch && python cli.py tune --config configs/bn_cnn_fashion_mnist.yaml "
+        "--search configs/search/bn_cnn.yaml --dry-run > /dev/null"
+    )
+    assert (
+        lines[1]
+        == ": && python cli.py tune --config c.yaml --search s.yaml --trials 40 --workers 4 --dry-run > /dev/null"
+    )
+    namespace = {"os": SimpleNamespace(environ={"SMOKE_TRAINER": "SMOKE"}), "SUBCOMMANDS": ("tune",)}
+    exec(_SHIM_SMOKE, namespace)  # the shim's smoke(): a sweep of two trials, one at a time, on the smoke trainer
+    smoke = namespace["smoke"]
+    assert smoke(["tune", "--config", "c", "--trials", "40", "--workers=4", "--search", "s"]) == [
+        "tune",
+        "--config",
+        "c",
+        "--search",
+        "s",
+        "--trials",
+        "2",
+        "--trainer",
+        "SMOKE",
+    ]
 
 
 def test_a_yaml_block_that_names_a_file_must_match_it(tmp_path: Path) -> None:

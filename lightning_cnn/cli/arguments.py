@@ -90,7 +90,14 @@ def _has_option(argv: list[str], option: str) -> bool:
 #: The configs shipped with the package: in a checkout, a link to its ``configs/`` folder; in a wheel, the files.
 SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # Options whose value may be the name of a shipped file, and the folder of SHIPPED_CONFIGS the name is looked up in.
-_SHIPPED_FOLDERS = {"--config": "", "-c": "", "--model": "model", "--data": "data", "--trainer": "trainer"}
+_SHIPPED_FOLDERS = {
+    "--config": "",
+    "-c": "",
+    "--model": "model",
+    "--data": "data",
+    "--trainer": "trainer",
+    "--search": "search",  # tune's search files
+}
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 

@@ -127,8 +127,8 @@ _LINKS: dict[str, Any] = {
 }
 _DESCRIPTION = (
     "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and the tools "
-    "summary (Keras-style model.summary()), preview (augmentation grid), export (ONNX / TorchScript) and optimize "
-    "(a dataset as LitData shards)."
+    "summary (Keras-style model.summary()), preview (augmentation grid), export (ONNX / pt2 / TorchScript), optimize "
+    "(a dataset as LitData shards) and tune (an Optuna sweep)."
 )
 
 
@@ -172,6 +172,9 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             )
             self._subcommand_parsers[tool] = tool_parser
             parser._subcommands_action.add_subcommand(tool, tool_parser, help=description)
+        # tune has a parser of its own, to which main() hands the arguments before this CLI is built: listed here
+        # so that `cli.py --help` shows it.
+        parser._subcommands_action.add_subcommand("tune", self.init_parser(), help=SUBCOMMAND_HELP["tune"])
         for choice in parser._subcommands_action._choices_actions:  # one line each in `cli.py --help`
             choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
@@ -456,6 +459,11 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             raise ConfigError(str(err)) from None
 
     def before_fit(self) -> None:
+        from lightning_cnn.tune.reporter import TrialReporter  # (lightning_cnn.tune imports this module)
+
+        reporter = TrialReporter.from_env()  # a trial of `cli.py tune`: report to its study (not in the config)
+        if reporter is not None:
+            self.trainer.callbacks.append(reporter)
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         if config.get("ckpt_path") == "last":
             config["ckpt_path"] = _latest_checkpoint(self.trainer)
@@ -485,6 +493,9 @@ def main(args: Optional[list[str]] = None) -> None:
         sys.path.insert(0, os.getcwd())
     try:
         argv = with_shipped_configs(sys.argv[1:] if args is None else list(args))
+        if argv[:1] == ["tune"]:  # a sweep of fit runs, with a parser of its own (lightning_cnn/tune)
+            _tune(argv[1:])
+            return
         short, argv = help_request(argv)
         if short:
             prog = Path(sys.argv[0]).name if args is None else "cli.py"
@@ -508,6 +519,16 @@ def main(args: Optional[list[str]] = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+def _tune(argv: list[str]) -> None:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise ConfigError("cli.py tune needs Optuna: pip install 'lightning-cnn[tune]' (or make setup).") from None
+    from lightning_cnn.tune.study import main as tune_main
+
+    tune_main(argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ SUBCOMMAND_HELP = {
     "preview": "draw training images before and after augmentation",
     "export": "export a checkpoint to ONNX, pt2 or TorchScript",
     "optimize": "write a config's dataset as LitData shards",
+    "tune": "sweep a config's keys with Optuna (KerasTuner's job)",
 }
 
 _CONFIG = """\
