@@ -64,6 +64,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops before anything non-finite is saved."""
 
 
+class TrainingSetupError(ValueError):
+    """A setting training cannot start with, found once the trainer runs: an optimizer argument torch refuses, or
+    callbacks that cannot work together. Its message names the setting and the fix."""
+
+
 class ImageClassifier(pl.LightningModule):
     """Train, evaluate and predict with an image classification network.
 
@@ -421,14 +426,25 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """The ``optimizer`` over the trainable parameters (Adam, lr 1e-3 by default), and the ``lr_scheduler`` if
         one was given."""
-        optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        optimizer = _built("optimizer", self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        scheduler = _built("lr_scheduler", self.lr_scheduler_factory, optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = getattr(scheduler, "monitor", _PLATEAU_MONITOR)
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _built(key: str, factory: Callable[[Any], Any], argument: Any) -> Any:
+    """``factory(argument)``, with torch's own refusal of an argument ("Invalid learning rate: -1.0") as one line
+    that names the config key."""
+    try:
+        return factory(argument)
+    except ValueError as err:
+        raise TrainingSetupError(
+            f"model.init_args.{key}: {err}; change that value in the config or on the command line."
+        ) from None
 
 
 def _shifted(x: Tensor, dy: int, dx: int) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 import pytest
@@ -116,3 +117,20 @@ def test_a_printed_line_stays_a_paragraph_and_tables_stay_tables(tmp_path):
 def test_every_benchmark_writes_its_report_with_markdown(script):
     source = script.read_text()
     assert "add_markdown_argument(parser)" in source and "report.write_markdown(args.markdown" in source
+
+
+@pytest.mark.multiprocess  # `cli.py tune` processes, each starting `fit` processes
+def test_the_sweep_benchmark_compares_pruning_on_the_same_search(tmp_path):
+    pytest.importorskip("optuna", reason="the [tune] extra (make setup installs it)")
+    data = write_fake_mnist(tmp_path / "data", n_train=240, n_test=40)
+    fragment = tmp_path / "tune.md"
+    argv = ["--parts", "pruning", "--rounds", "1", "--trials", "2", "--train-size", "120", "--epochs", "1"]
+    argv += ["--data-dir", str(data), "--markdown", str(fragment)]
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "tune.py"), *argv], cwd=tmp_path,
+                            env=machine.cli_env(), capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 1 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "2" and 1 <= int(cells[2]) <= 2  # two trials of one epoch without pruning; with: 1 or 2
+    assert float(cells[4]) > 0 and float(cells[5]) > 0  # best val/acc of each side
+    _assert_fragment_header(fragment.read_text(), "python benchmarks/tune.py " + shlex.join(argv))

@@ -44,6 +44,7 @@ DIVERGING = ["--trainer.max_epochs", "4", "--model.init_args.optimizer", "torch.
              "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
              "--model.init_args.lr_scheduler.init_args.step_size", "1",
              "--model.init_args.lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
+TIME_BUDGET = ["--trainer", str(CONFIGS / "trainer" / "time_budget.yaml")]
 NEGATIVE_ROTATION = ["--data.init_args.augmentation", "lightning_cnn.augmentation.KerasAugmentation",
                      "--data.init_args.augmentation.init_args.rotation_range", "-5"]  # fmt: skip
 
@@ -403,6 +404,20 @@ CASES: dict[str, Case] = {
         ("(AlexNet) cannot take the data's 3×32×32 images",),
     ),
     "images_too_small": Case(_lenet_with("--data.init_args.image_size", "8"), ("input_size=(8, 8) is too small",)),
+    # Training settings torch or a callback refuses once the trainer runs.
+    "negative_learning_rate": Case(
+        _lenet_with("--model.init_args.optimizer.init_args.lr", "-1"),
+        ("model.init_args.optimizer: Invalid learning rate: -1.0",),
+    ),
+    "negative_clock_duration": Case(
+        _lenet_with(*TIME_BUDGET, "--trainer.callbacks.duration=-00:01:00"),
+        ("duration='-00:01:00' is not a time budget",),
+    ),
+    "time_budget_with_a_scheduler": Case(
+        _lenet_with(*TIME_BUDGET, "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+                    "--model.init_args.lr_scheduler.init_args.step_size", "1"),  # fmt: skip
+        ("TimeBudget sets the learning rate itself, but the model also configures StepLR",),
+    ),
     # export.
     "export_missing_checkpoint": Case(
         lambda folder, _: ["export", "--ckpt_path", str(folder / "missing.ckpt"), "--format", "onnx"],

@@ -4,6 +4,7 @@ out, whatever the machine's speed."""
 from __future__ import annotations
 
 import math
+import re
 from datetime import timedelta
 from typing import Any, Optional, Union
 
@@ -12,7 +13,11 @@ import torch
 from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_warn
 
+from lightning_cnn.module import TrainingSetupError
+
 __all__ = ["TimeBudget"]
+
+_CLOCK_PART = re.compile(r"\d+(\.\d*)?")
 
 
 def parse_duration(value: Union[str, float]) -> float:
@@ -36,12 +41,12 @@ def parse_duration(value: Union[str, float]) -> float:
 
 
 def _clock_numbers(text: str) -> list[float]:
-    """The non-negative numbers of ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"``; empty for any other text."""
-    try:
-        numbers = [float(part) for part in text.strip().split(":")]
-    except ValueError:
+    """The numbers of ``"HH:MM:SS"`` or ``"DD:HH:MM:SS"``; empty for any other text. Each part is digits (the
+    seconds may have a fraction): a sign is refused, since ``float("-00")`` is -0.0 and would pass as zero."""
+    parts = text.strip().split(":")
+    if len(parts) not in (3, 4) or not all(_CLOCK_PART.fullmatch(part) for part in parts):
         return []
-    return numbers if len(numbers) in (3, 4) and all(n >= 0 for n in numbers) else []
+    return [float(part) for part in parts]
 
 
 class TimeBudget(Timer):
@@ -125,7 +130,7 @@ class TimeBudget(Timer):
     def _check_no_scheduler(trainer: pl.Trainer) -> None:
         if trainer.lr_scheduler_configs:
             names = ", ".join(type(config.scheduler).__name__ for config in trainer.lr_scheduler_configs)
-            raise ValueError(
+            raise TrainingSetupError(
                 f"TimeBudget sets the learning rate itself, but the model also configures {names}; remove the "
                 "model's lr_scheduler (model.init_args.lr_scheduler: null) or drop the TimeBudget callback."
             )

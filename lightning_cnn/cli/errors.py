@@ -20,7 +20,7 @@ from lightning_cnn.models.backbones import (
     WeightsMismatchError,
     WeightsUnavailableError,
 )
-from lightning_cnn.module import NonFiniteLossError
+from lightning_cnn.module import NonFiniteLossError, TrainingSetupError
 
 __all__ = ["ConfigError"]
 
@@ -86,6 +86,7 @@ class ConfigError(ValueError):
 _USER_ERRORS = (
     ConfigError,
     NonFiniteLossError,
+    TrainingSetupError,
     ExportError,
     CheckpointError,
     DataNotFoundError,

@@ -100,7 +100,8 @@ class TrialReporter(pl.Callback):
             self.best = value
         trial = self._optuna_trial()
         trial.report(value, self.epochs)
-        return trial.should_prune()
+        # After the last epoch there is nothing left to save: the trial completes with its value.
+        return self.epochs < self.max_epochs and trial.should_prune()
 
     def _better(self, value: float, than: float) -> bool:
         return value > than if self.direction == "maximize" else value < than

@@ -153,7 +153,8 @@ class Sweep:
         self.args, self.space, self.fit_args, self.base = args, space, fit_args, base
         self.metric, self.direction = objective
         self.folder = folder
-        self.max_epochs = int(base.trainer.max_epochs or 1000)
+        epochs = base.trainer.max_epochs
+        self.max_epochs = epochs if epochs and epochs > 0 else 1000  # Lightning's default without a limit
         self.url = args.storage or f"sqlite:///{folder / 'study.db'}"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's constant_liar
