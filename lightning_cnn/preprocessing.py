@@ -207,7 +207,15 @@ class Preprocessing:
             images = images[..., None]
         c = images.shape[-1]
         if c not in (1, 3, 4):
-            raise ValueError(f"images with {c} channels (shape {images.shape}); give 1 (grayscale), 3 (RGB) or 4.")
+            hint = (
+                "; it looks channels-first (N, C, H, W): numpy.moveaxis(images, 1, -1) makes it (N, H, W, C)"
+                if images.ndim == 4 and images.shape[1] in (1, 3, 4)
+                else ""
+            )
+            raise ValueError(
+                f"images of shape {images.shape}: the last axis ({c}) is not 1, 3 or 4 channels; give (N, H, W) "
+                f"or (N, H, W, C){hint}."
+            )
         x = torch.from_numpy(np.ascontiguousarray(images[..., :3])).permute(0, 3, 1, 2)
         if self.channels == 1 and x.shape[1] == 3:
             # PIL's "L" conversion in its own fixed-point form (ITU-R 601-2 luma, weights scaled by 2**16), so an

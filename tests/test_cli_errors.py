@@ -249,6 +249,11 @@ def _data_dir_with_own_file(folder: Path, _: Path) -> list[str]:
     return ["fit", "--config", str(LENET), *SMOKE, "--data.init_args.data_dir", str(folder / "data")]
 
 
+def _npy(path: Path, array: np.ndarray) -> Path:
+    np.save(path, array)
+    return path
+
+
 def _object_npy(folder: Path) -> Path:
     np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object))
     return folder / "objects.npy"
@@ -394,6 +399,17 @@ CASES: dict[str, Case] = {
     # predict --inputs.
     "predict_missing_inputs": Case(_predict_on(lambda d: d / "missing"), ("missing does not exist",)),
     "predict_pickled_npy": Case(_predict_on(_object_npy), ("objects.npy is not a plain .npy array",)),
+    "predict_empty_npy": Case(
+        _predict_on(lambda d: _npy(d / "empty.npy", np.zeros((0, 28, 28), np.uint8))),
+        ("empty.npy holds no images (shape (0, 28, 28))",),
+    ),
+    "predict_text_as_npy": Case(
+        _predict_on(lambda d: _write(d / "notes.npy", "not an array\n")), ("notes.npy is not an .npy file",)
+    ),
+    "predict_channels_first_npy": Case(
+        _predict_on(lambda d: _npy(d / "chw.npy", np.zeros((2, 1, 28, 28), np.uint8))),
+        ("shape (2, 1, 28, 28)", "give (N, H, W) or (N, H, W, C)", "channels-first"),
+    ),
     # Nets from outside the package; images too small for the net.
     "net_builder_function": Case(
         lambda folder, _: _bn_cnn_cifar(folder, "--model.init_args.net", "torchvision.models.resnet18"),
@@ -414,8 +430,13 @@ CASES: dict[str, Case] = {
         ("duration='-00:01:00' is not a time budget",),
     ),
     "time_budget_with_a_scheduler": Case(
-        _lenet_with(*TIME_BUDGET, "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
-                    "--model.init_args.lr_scheduler.init_args.step_size", "1"),  # fmt: skip
+        _lenet_with(
+            *TIME_BUDGET,
+            "--model.init_args.lr_scheduler",
+            "torch.optim.lr_scheduler.StepLR",
+            "--model.init_args.lr_scheduler.init_args.step_size",
+            "1",
+        ),  # fmt: skip
         ("TimeBudget sets the learning rate itself, but the model also configures StepLR",),
     ),
     # export.

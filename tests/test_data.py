@@ -96,6 +96,34 @@ def test_keras_last_split_takes_the_tail(mnist_dir):
     assert torch.equal(dm.val_set.images[:, 0], torch.from_numpy(images[-48:]))
 
 
+# Validation rows of Keras 3's model.fit(validation_split=s) for n training rows, computed once with Keras 3.15.1
+# (keras.src.trainers.data_adapters.array_slicing.train_validation_split); a column per s in KERAS_SPLITS.
+KERAS_SPLITS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.33, 0.5)
+KERAS_VALIDATION_ROWS = {
+    7: [1, 1, 2, 2, 2, 3, 3, 4],
+    10: [1, 1, 2, 2, 3, 3, 4, 5],
+    11: [1, 2, 2, 3, 3, 4, 4, 6],
+    100: [5, 10, 15, 20, 25, 30, 33, 50],
+    999: [50, 100, 150, 200, 250, 300, 330, 500],
+    1000: [50, 100, 150, 200, 250, 300, 331, 500],
+    12345: [618, 1235, 1852, 2469, 3087, 3704, 4074, 6173],
+    50000: [2500, 5000, 7500, 10000, 12500, 15000, 16500, 25000],
+    54000: [2700, 5400, 8100, 10800, 13500, 16200, 17821, 27000],
+    60000: [3000, 6000, 9000, 12000, 15000, 18000, 19801, 30000],
+}
+
+
+def test_the_last_split_takes_exactly_keras_rows(mnist_dir):
+    dm = MNISTDataModule(data_dir=str(mnist_dir), val_split_mode="last")
+    for n, counts in KERAS_VALIDATION_ROWS.items():
+        for split, expected in zip(KERAS_SPLITS, counts):
+            train_idx, val_idx = dm._split_indices(n, split)
+            assert len(val_idx) == expected, (n, split)
+            assert val_idx.tolist() == list(range(n - expected, n)) and train_idx.tolist() == list(range(n - expected))
+    with pytest.raises(ValueError, match="val_split=0.99 of 50 samples leaves no training sample"):
+        dm._split_indices(50, 0.99)  # floor(0.5) = 0 training rows: Keras refuses it too
+
+
 def test_setup_twice_keeps_the_same_split(mnist_dir):
     dm = _ready(MNISTDataModule(data_dir=str(mnist_dir)))
     first = dm.train_set

@@ -15,6 +15,7 @@ Where data comes from, in order:
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -58,8 +59,9 @@ class ImageDataModule(pl.LightningDataModule):
             cut from memory faster than a worker could ship them) and up to 4 with one.
         val_split: Validation set taken from the training data: a fraction in (0, 1), a count (int ≥ 1), or 0
             for none.
-        val_split_mode: ``"random"`` (seeded permutation, class-balanced in expectation) or ``"last"`` (Keras'
-            ``validation_split``: the last samples of the training arrays, before any shuffling).
+        val_split_mode: ``"random"`` (seeded permutation, class-balanced in expectation; a fraction ``s`` of
+            ``n`` samples validates ``round(s * n)``) or ``"last"`` (Keras' ``validation_split``: the samples after
+            the first ``floor(n * (1 - s))`` of the training arrays, before any shuffling, exactly Keras' rows).
         train_size: Keep only this many (int) or this fraction (float) of the remaining training samples,
             seeded — for small-data experiments and quick runs.
         normalize: Standardize with the dataset's mean/std; otherwise only scale to [0, 1] (as the slides do).
@@ -302,7 +304,16 @@ class ImageDataModule(pl.LightningDataModule):
         """
         val_split = self.val_split if val_split is None else val_split
         generator = torch.Generator().manual_seed(self.seed)
-        n_val = _count(val_split, n)
+        if self.val_split_mode == "last" and isinstance(val_split, float) and 0 < val_split < 1:
+            # Keras' model.fit(validation_split=s): training rows up to floor(n * (1 - s)), validation the rest.
+            n_val = n - math.floor(n * (1.0 - val_split))
+            if n_val in (0, n):
+                raise ValueError(
+                    f"val_split={val_split} of {n} samples leaves {'no validation' if n_val == 0 else 'no training'} "
+                    "sample (Keras refuses this split too); use more data or another val_split."
+                )
+        else:
+            n_val = _count(val_split, n)
         if n_val >= n:
             raise ValueError(f"val_split={val_split} leaves no training samples out of {n}; use a smaller value.")
         order = torch.arange(n) if self.val_split_mode == "last" else torch.randperm(n, generator=generator)

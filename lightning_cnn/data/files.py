@@ -101,16 +101,27 @@ def _load_array(path: Path, preprocessing: Preprocessing) -> PredictionInputs:
     if not path.is_file():
         raise DataNotFoundError(f"{path} does not exist; give an .npy file of uint8 images (N, H, W[, C]).")
     try:
+        with open(path, "rb") as handle:
+            if handle.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+                raise CorruptDataError(
+                    f"{path} is not an .npy file (it lacks NumPy's header); save uint8 images with "
+                    "numpy.save(path, images), or point --inputs at image files."
+                )
         array = np.load(path, allow_pickle=False)  # a pickled array could run code when loaded
     except (OSError, ValueError) as err:
         raise CorruptDataError(
             f"{path} is not a plain .npy array ({err}); save uint8 images with numpy.save(path, images)."
         ) from None
+    if array.ndim >= 1 and len(array) == 0:
+        raise CorruptDataError(f"{path} holds no images (shape {array.shape}); give an array of at least one image.")
     try:
         images = preprocessing.from_array(array)
     except ValueError as err:
         raise CorruptDataError(f"{path}: {err}") from None
     return PredictionInputs(images, [str(i) for i in range(len(images))], [])
+
+
+_NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts (NumPy's format)
 
 
 class ImageFilesDataModule(pl.LightningDataModule):
