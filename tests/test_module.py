@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -222,6 +224,28 @@ def test_early_stopping_restores_best_weights(restore):
         clone.load_state_dict(state)
         assert clone.best_epoch == 1 and torch.equal(clone.best_weights["net.head.output.layer.bias"],
                                                      expected["net.head.output.layer.bias"])  # fmt: skip
+
+
+# What Keras 3.15.1's EarlyStopping(patience, restore_best_weights=True) does when val_loss is NaN in some epochs
+# (run once with Keras, values injected into its logs): NaN counts as no improvement. (values, patience, epochs
+# run, best epoch)
+KERAS_NAN_EARLY_STOPPING = [
+    ([1.0, math.nan, 0.5, 0.4, 0.3], 3, 5, 4),
+    ([1.0, math.nan, math.nan, math.nan, 0.3, 0.2], 2, 3, 0),
+    ([1.0, 0.9, math.nan, 0.95, 0.96, 0.97, 0.5], 3, 5, 1),
+]
+
+
+@pytest.mark.parametrize(("values", "patience", "epochs", "best"), KERAS_NAN_EARLY_STOPPING)
+def test_early_stopping_reads_a_nan_val_loss_as_keras_does(values, patience, epochs, best):
+    model = ScriptedValLoss(values)
+    stopper = EarlyStopping(monitor="val/loss", patience=patience, restore_best_weights=True)
+    trainer = _trainer(max_epochs=len(values), limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                       callbacks=[stopper])  # fmt: skip
+    trainer.fit(model, _loader(), _loader(seed=1))
+    assert len(model.snapshots) == epochs and stopper.best_epoch == best
+    final = model.state_dict()
+    assert all(torch.equal(final[k], model.snapshots[best][k]) for k in final)
 
 
 class _ConstantLogit(nn.Module):

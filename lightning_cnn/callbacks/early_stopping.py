@@ -25,7 +25,9 @@ class EarlyStopping(_LightningEarlyStopping):
     ``min_delta``).
 
     Keras' defaults differ from Lightning's: Keras uses ``patience=0``, Lightning ``patience=3``; the shipped
-    configs state the value they use.
+    configs state the value they use. A NaN or infinite monitored value counts as an epoch without improvement,
+    as in Keras (Lightning stops at once; ``check_finite=True`` restores that). A training loss that turns
+    non-finite still stops the run: the module checks it every epoch.
 
     Args:
         restore_best_weights: Load the weights of the best monitored epoch at the end of training.
@@ -33,6 +35,7 @@ class EarlyStopping(_LightningEarlyStopping):
     """
 
     def __init__(self, monitor: str = "val/loss", restore_best_weights: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("check_finite", False)  # Keras: NaN is no improvement, not a stop
         super().__init__(monitor=monitor, **kwargs)
         self.restore_best_weights = restore_best_weights
         self.best_weights: Optional[dict[str, Tensor]] = None
