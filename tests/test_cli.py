@@ -274,3 +274,17 @@ def test_the_version_is_written_once():
 
     assert version("lightning_cnn") == lightning_cnn.__version__
     assert "version =" not in (REPO_ROOT / "pyproject.toml").read_text().split("[tool.setuptools.dynamic]")[0]
+
+
+def test_an_integer_batch_limit_stays_that_many_batches(capsys):
+    # Lightning reads an int as a number of batches and a float as a fraction: 1 must not become 1.0 (every batch).
+    from lightning_cnn.cli import main
+
+    args = ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *SMOKE, "--trainer.limit_val_batches", "1",
+            "--trainer.limit_test_batches", "0.5", "--print_config"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(args)
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["limit_val_batches"] == 1 and isinstance(trainer["limit_val_batches"], int)
+    assert trainer["limit_train_batches"] == 4 and isinstance(trainer["limit_train_batches"], int)  # from YAML
+    assert trainer["limit_test_batches"] == 0.5

@@ -44,6 +44,8 @@ DIVERGING = ["--trainer.max_epochs", "4", "--model.init_args.optimizer", "torch.
              "--model.init_args.lr_scheduler", "torch.optim.lr_scheduler.StepLR",
              "--model.init_args.lr_scheduler.init_args.step_size", "1",
              "--model.init_args.lr_scheduler.init_args.gamma", "1e8"]  # fmt: skip
+TWICE = "trainer:\n  max_epochs: 2\n  max_epochs: 3\n"
+BROKEN = "trainer:\n  max_epochs: [2\n  precision: 32\n"
 TIME_BUDGET = ["--trainer", str(CONFIGS / "trainer" / "time_budget.yaml")]
 NEGATIVE_ROTATION = ["--data.init_args.augmentation", "lightning_cnn.augmentation.KerasAugmentation",
                      "--data.init_args.augmentation.init_args.rotation_range", "-5"]  # fmt: skip
@@ -420,6 +422,15 @@ CASES: dict[str, Case] = {
         ("(AlexNet) cannot take the data's 3×32×32 images",),
     ),
     "images_too_small": Case(_lenet_with("--data.init_args.image_size", "8"), ("input_size=(8, 8) is too small",)),
+    # YAML files the reader would take silently or report without naming them.
+    "yaml_key_written_twice": Case(
+        lambda folder, _: _lenet(folder, "--config", str(_write(folder / "twice.yaml", TWICE))),
+        ("twice.yaml: key 'max_epochs' is written twice (lines 2 and 3); keep one",),
+    ),
+    "yaml_syntax_error": Case(
+        lambda folder, _: _lenet(folder, "--config", str(_write(folder / "broken.yaml", BROKEN))),
+        ("broken.yaml: line 3, column", "fix the YAML syntax there"),
+    ),
     # Training settings torch or a callback refuses once the trainer runs.
     "negative_learning_rate": Case(
         _lenet_with("--model.init_args.optimizer.init_args.lr", "-1"),

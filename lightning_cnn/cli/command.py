@@ -67,6 +67,7 @@ from lightning_cnn.cli.runs import (
     _share_log_version,
 )
 from lightning_cnn.cli.tools import _TOOLS, ToolSubcommands
+from lightning_cnn.cli.yaml_files import use_strict_yaml
 from lightning_cnn.models.backbones import (
     skip_pretrained_weights,
 )
@@ -269,6 +270,7 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         return self._cached_checkpoint[1]
 
     def add_arguments_to_parser(self, parser: Any) -> None:
+        _keep_integer_batch_limits(parser)
         # Always-on callbacks, configured under their own top-level keys (`checkpoint:`), so an experiment's
         # `trainer.callbacks` list only holds what it adds (EarlyStopping, fine-tuning...).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -481,6 +483,9 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or None)
 
 
+use_strict_yaml()
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``cli.py`` and the ``lightning-cnn`` console script.
 
@@ -519,6 +524,18 @@ def main(args: Optional[list[str]] = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+def _keep_integer_batch_limits(parser: Any) -> None:
+    """``trainer.limit_*_batches`` as Lightning means them: an integer is that many batches, a float a fraction.
+
+    Trainer annotates them ``Union[float, int, None]`` and the parser tries the union in that order, so ``1``
+    became ``1.0``, every batch. The annotation is replaced by one that tries ``int`` first (``int | float | None``:
+    ``typing.Union`` would hand back the cached float-first union, which compares equal).
+    """
+    for action in parser._actions:
+        if action.dest.startswith("trainer.limit_") and action.dest.endswith("_batches"):
+            action._typehint = int | float | None
 
 
 def _tune(argv: list[str]) -> None:
