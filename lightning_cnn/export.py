@@ -16,6 +16,7 @@ ONNX needs the optional extra: ``pip install -e .[export]`` (onnx, onnxscript; o
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -123,7 +124,7 @@ def export(checkpoint: Union[str, Path], format: Format = "onnx", out: Optional[
         _require_onnx()
     model, preprocessing = load_deployable(checkpoint)
     example = torch.rand(_EXAMPLE_BATCH, preprocessing.channels, *preprocessing.image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_writable(path)
     info = metadata(preprocessing, checkpoint)
     try:
         if format == "onnx":
@@ -137,6 +138,23 @@ def export(checkpoint: Union[str, Path], format: Format = "onnx", out: Optional[
         path.unlink(missing_ok=True)  # no half-written or unverified file left behind
         raise
     return path
+
+
+def _check_writable(path: Path) -> None:
+    """Make ``path``'s folder and try a file in it, so an unwritable place is one line that names ``--out``,
+    before any exporter writes (torch's exporters report it in their own words, some with a traceback).
+
+    Raises:
+        ExportError: If the folder cannot be made or written to.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise ExportError(
+            f"cannot write {path}: {err.strerror}; choose another --out (a folder you can write to)."
+        ) from None
 
 
 def _require_onnx() -> None:

@@ -421,6 +421,10 @@ CASES: dict[str, Case] = {
         lambda folder, _: _bn_cnn_cifar(folder, "--model.init_args.net", "torchvision.models.AlexNet"),
         ("(AlexNet) cannot take the data's 3×32×32 images",),
     ),
+    "net_class_path_misspelt": Case(
+        _lenet_with("--model.init_args.net", "lightning_cnn.models.LeNett"),
+        ("model.init_args.net (lightning_cnn.models.LeNett): module 'lightning_cnn.models' has no attribute 'LeNett'",),
+    ),
     "images_too_small": Case(_lenet_with("--data.init_args.image_size", "8"), ("input_size=(8, 8) is too small",)),
     # YAML files the reader would take silently or report without naming them.
     "yaml_key_written_twice": Case(
@@ -455,6 +459,10 @@ CASES: dict[str, Case] = {
         lambda folder, _: ["export", "--ckpt_path", str(folder / "missing.ckpt"), "--format", "onnx"],
         ("missing.ckpt does not exist",),
     ),
+    "export_out_unwritable": Case(
+        lambda folder, good: ["export", "--ckpt_path", str(good), "--format", "pt2", "--out", "/sys/model.pt2"],
+        ("cannot write /sys/model.pt2", "choose another --out"),
+    ),
     "export_unknown_format": Case(
         lambda folder, good: ["export", "--ckpt_path", str(good), "--format", "tflite"], ("--format", "'tflite'")
     ),
@@ -479,7 +487,7 @@ def _sys_refuses_files() -> bool:
 
 SKIPS: dict[str, str] = {}
 if not _sys_refuses_files():
-    SKIPS["save_dir_in_sys"] = "no /sys that refuses new files here"
+    SKIPS["save_dir_in_sys"] = SKIPS["export_out_unwritable"] = "no /sys that refuses new files here"
 if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
     SKIPS["export_missing_checkpoint"] = "ONNX export needs the export extra (onnx, onnxscript)"
 
