@@ -261,6 +261,23 @@ def _object_npy(folder: Path) -> Path:
     return folder / "objects.npy"
 
 
+def _class_of_unreadable_files(in_memory: bool) -> Callable[[Path, Path], list[str]]:
+    def build(folder: Path, _: Path) -> list[str]:
+        from PIL import Image
+
+        for name in ("cat", "dog"):
+            (folder / "pets" / name).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (10, 12), (40 * i, 90, 200)).save(folder / "pets" / name / f"{i}.png")
+        for i in range(3):
+            _write(folder / "pets" / "zebra" / f"{i}.png", "not a picture")
+        return ["fit", "--config", str(LENET), *SMOKE, "--data", "lightning_cnn.data.ImageFolderDataModule",
+                "--data.init_args.data_dir", str(folder / "pets"), "--data.init_args.image_size", "16",
+                "--data.init_args.val_split", "2", "--data.init_args.in_memory", str(in_memory).lower()]  # fmt: skip
+
+    return build
+
+
 def _empty_class_folder(folder: Path, _: Path) -> list[str]:
     from PIL import Image
 
@@ -331,6 +348,12 @@ CASES: dict[str, Case] = {
         _cifar_batch_that_runs_code, ("data_batch_1 is refused: it names ", "exec, which a CIFAR batch never")
     ),
     # Checkpoints: missing, not a checkpoint, holding Python objects, or of another model.
+    "class_of_unreadable_files": Case(
+        _class_of_unreadable_files(in_memory=True), ("zebra: none of its 3 image files can be read",)
+    ),
+    "class_of_unreadable_files_streamed": Case(
+        _class_of_unreadable_files(in_memory=False), ("zebra: none of its 3 image files can be read",)
+    ),
     "checkpoint_missing": Case(_test_with_checkpoint(lambda d: d / "nowhere.ckpt"), ("nowhere.ckpt does not exist",)),
     "checkpoint_text_file": Case(
         _test_with_checkpoint(lambda d: _write(d / "notes.ckpt", "hello")),

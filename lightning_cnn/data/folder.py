@@ -23,7 +23,9 @@ take more than ``memory_share`` of its RAM.
 
 Files that cannot be read are left out and named in one warning, not an error: in memory when they are decoded at
 setup; streamed, when their header does not read at setup (a scan, not a decode) or, for damage only a full decode
-finds, in the batch that meets them (one warning per file and process).
+finds, in the batch that meets them (one warning per file and process). A class whose every file is unreadable
+is an error, though: dropping it would report accuracy over the other classes only. A class folder with no image
+files at all is not a class, and is left out with a warning.
 """
 
 from __future__ import annotations
@@ -221,7 +223,25 @@ class ImageFolderDataModule(ImageDataModule):
             if paths:
                 raise CorruptDataError(f"none of the {len(paths)} image files in {folder} can be read as an image.")
             return self._empty()
+        self._refuse_unreadable_classes(folder, labels, labels[kept])
         return ImageArrays(images[: len(kept)], labels[kept])
+
+    def _refuse_unreadable_classes(self, folder: Path, listed: np.ndarray, readable: np.ndarray) -> None:
+        """A class whose files are all unreadable is damaged data, not a class to drop: training without it would
+        report a test accuracy over the other classes only. (A class folder with no files at all is left out
+        with a warning, see _classes_with_images.)
+
+        Raises:
+            CorruptDataError: Naming the class folder.
+        """
+        lost = sorted(set(listed.tolist()) - set(readable.tolist()))
+        if lost:
+            names = [self.class_names[i] for i in lost]
+            raise CorruptDataError(
+                f"{folder / names[0]}: none of its {int((listed == lost[0]).sum())} image files can be read "
+                f"(classes without a readable image: {names}); replace or remove the damaged files, or remove "
+                "the class folder."
+            )
 
     def _file_split(self, folder: Path) -> tuple[list[Path], torch.Tensor]:
         """The streamed form of a split: its files whose header reads, after the ``classes`` subset, and labels."""
@@ -233,6 +253,7 @@ class ImageFolderDataModule(ImageDataModule):
         good = [i for i, e in enumerate(errors) if e is None]
         if paths and not good:
             raise CorruptDataError(f"none of the {len(paths)} image files in {folder} can be read as an image.")
+        self._refuse_unreadable_classes(folder, labels, labels[good])
         return [paths[i] for i in good], torch.from_numpy(labels[good])
 
     def _empty(self) -> ImageArrays:

@@ -103,6 +103,8 @@ def _write_plots(sweep: Sweep) -> list[Path]:
                 axes = getattr(plots, function)(sweep.study)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue  # e.g. importances need two finished trials that differ
+        if name == "history.png":
+            axes.set_ylabel(sweep.metric)  # Optuna's label is "Objective Value"
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
