@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["free_path", "written_whole"]
+__all__ = ["current_umask", "free_path", "written_whole"]
 
 
 def free_path(path: Path) -> Path:
@@ -29,3 +29,11 @@ def written_whole(path: Path) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (the permission bits new files and folders leave out), read without changing it for
+    longer than the call."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

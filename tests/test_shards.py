@@ -8,7 +8,10 @@ and the rest of the epoch after a resume.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -31,7 +34,7 @@ from lightning_cnn.data import (  # noqa: E402
     write_shards,
 )
 from lightning_cnn.data.mnist import write_idx  # noqa: E402
-from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, cli_error_line, write_fake_image_folder  # noqa: E402
+from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, cli_error_line, write_fake_image_folder  # noqa: E402
 from tests.test_ddp import assert_same_weights, run_cli, write_experiment  # noqa: E402
 from tests.test_resume import KillAtStep, Killed, _callback  # noqa: E402
 
@@ -183,6 +186,41 @@ def _mnist_data_config(folder: Path, mnist: Path) -> Path:
         "init_args": {"data_dir": str(mnist), "download": False, "val_split": N_VAL},
     }))  # fmt: skip
     return config
+
+
+def test_the_shards_folder_follows_the_umask(shards):
+    # mkdtemp makes the staging folder 0700; moved into place, that would hide the shards from a project's others.
+    from lightning_cnn.paths import current_umask
+
+    assert shards.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 128 KiB tmpfs: a real full disk (root only; skipped where mounting is not allowed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_optimize_onto_a_full_disk_stops_at_once_and_leaves_nothing(small_disk, tmp_path):
+    data = _mnist_data_config(tmp_path, write_indexed_mnist(tmp_path / "mnist"))
+    command = [sys.executable, str(REPO_ROOT / "cli.py"), "optimize", "--data", str(data), "--output_dir",
+               str(small_disk / "shards"), "--num_workers", "1"]  # fmt: skip
+    # LitData's writers wait forever on a full disk; the timeout only turns such a hang into a failure.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot write the shards in {small_disk}: No space left") and "--output_dir" in last
+    assert list(small_disk.iterdir()) == []
 
 
 def test_optimize_subcommand_writes_shards_and_keeps_an_existing_folder(in_tmp, capsys):

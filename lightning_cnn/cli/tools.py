@@ -16,7 +16,7 @@ from lightning_cnn.callbacks import (
     KerasModelSummary,
 )
 from lightning_cnn.cli.arguments import _experiment_name
-from lightning_cnn.cli.errors import ConfigError
+from lightning_cnn.cli.errors import _OUTPUT_ERRNOS, ConfigError
 from lightning_cnn.data import ImageDataModule, ShardedDataModule, write_shards
 from lightning_cnn.data.shards import read_meta
 from lightning_cnn.export import export as export_checkpoint
@@ -123,6 +123,13 @@ class ToolSubcommands:
             path = write_shards(datamodule, output_dir, chunk_bytes, num_workers, overwrite)
         except (FileExistsError, ImportError) as err:
             raise ConfigError(str(err)) from None
+        except OSError as err:
+            if err.errno not in _OUTPUT_ERRNOS:
+                raise
+            raise ConfigError(
+                f"cannot write the shards in {err.filename or Path(output_dir).parent}: {err.strerror}; free space or "
+                "choose another --output_dir (nothing was left there)."
+            ) from None
         counts = ", ".join(f"{split} {n}" for split, n in read_meta(str(path))["splits"].items())
         print(f"{path}: {counts} samples; train from it with data.class_path lightning_cnn.data.ShardedDataModule")
 

@@ -21,6 +21,7 @@ when read) are refused before a byte of them is decoded.
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ from lightning_cnn.augmentation import Augmentation
 from lightning_cnn.data.base import ImageDataModule, _world
 from lightning_cnn.data.dataset import ImageFileDataset, _ImageBatches
 from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
+from lightning_cnn.paths import current_umask
 from lightning_cnn.registry import DATAMODULES
 
 __all__ = ["META_FILE", "ShardedDataModule", "write_shards"]
@@ -48,6 +50,11 @@ _SPLITS = ("train", "val", "test")
 #: The LitData serializers a sample may use: integers, raw bytes (an encoded image file), plain arrays. Not
 #: "pickle" (runs code when read) nor the decoders of other media.
 SAFE_FORMATS = frozenset({"int", "bytes", "numpy", "no_header_numpy"})
+#: What a sample takes beyond its image, bytes: LitData's header, the label and index, the chunks' index file
+#: (measured: 18,000 Fashion-MNIST samples of 784 bytes took 15,067,129 bytes, 837 each).
+_SAMPLE_OVERHEAD_BYTES = 56
+#: Free space asked for beyond the estimate: chunk and index files, the estimate's own error.
+_SPACE_MARGIN = 1.1
 _INSTALL_HINT = 'LitData is not installed; install the extra: pip install -e ".[stream]" (or pip install litdata).'
 
 
@@ -129,10 +136,12 @@ def write_shards(
     splits = _splits_of(datamodule)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(output_dir, splits)
     # Written beside output_dir and moved into place when whole: an interrupted run leaves no half-written shards
     # there, and shards being replaced stay until their successor is complete.
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
     try:
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private (0700); shards follow the umask
         for name, dataset in splits.items():
             litdata.optimize(
                 fn=_SampleWriter(dataset),
@@ -155,6 +164,34 @@ def write_shards(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _shard_bytes(splits: dict[str, _ImageBatches]) -> int:
+    """About how many bytes the shards of ``splits`` take: each image as it is stored (a file's bytes, or its
+    pixels), plus LitData's per-sample header and label."""
+    total = 0
+    for split in splits.values():
+        if isinstance(split, ImageFileDataset):
+            total += sum(os.path.getsize(path) for path in split.paths)
+        else:
+            total += split.images[0].numel() * len(split)
+        total += _SAMPLE_OVERHEAD_BYTES * len(split)
+    return total
+
+
+def _check_free_space(output_dir: Path, splits: dict[str, _ImageBatches]) -> None:
+    """Refuse to start when the disk cannot hold the shards: LitData's writers wait forever on a full disk.
+
+    Raises:
+        OSError: ENOSPC, naming the folder, the bytes needed and the bytes free.
+    """
+    needed, free = _shard_bytes(splits), shutil.disk_usage(output_dir.parent).free
+    if free < needed * _SPACE_MARGIN:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left for the shards: they need about {needed / 1e6:,.1f} MB, {free / 1e6:,.1f} MB is free",
+            str(output_dir.parent),
+        )
 
 
 def _describe(datamodule: ImageDataModule, splits: dict[str, _ImageBatches]) -> dict[str, Any]:
