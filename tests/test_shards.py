@@ -188,6 +188,27 @@ def _mnist_data_config(folder: Path, mnist: Path) -> Path:
     return config
 
 
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda chunk: chunk.write_bytes(os.urandom(chunk.stat().st_size)), "its header counts"),
+        (lambda chunk: chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2]), "(truncated or replaced)"),
+        (lambda chunk: chunk.unlink(), "it is missing"),
+    ],
+    ids=["random-bytes", "truncated", "missing"],
+)
+def test_a_damaged_chunk_file_is_named_in_one_line(shards, in_tmp, capsys, damage, expected):
+    copy = in_tmp / "shards"
+    shutil.copytree(shards, copy)
+    chunk = sorted((copy / "train").glob("*.bin"))[0]
+    damage(chunk)
+    line = cli_error_line(capsys, ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer",
+                                   str(CONFIGS / "trainer" / "smoke.yaml"), "--data", str(CONFIGS / "data" / "shards.yaml"),
+                                   "--data.init_args.data_dir", str(copy)])  # fmt: skip
+    assert line.startswith(f"error: {chunk}: the shard file is damaged (") and expected in line, line
+    assert "python cli.py optimize" in line
+
+
 def test_the_shards_folder_follows_the_umask(shards):
     # mkdtemp makes the staging folder 0700; moved into place, that would hide the shards from a project's others.
     from lightning_cnn.paths import current_umask

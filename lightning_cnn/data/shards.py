@@ -256,11 +256,12 @@ def read_meta(root: str) -> dict[str, Any]:
     return meta
 
 
-def check_sample_format(root: str, split: str) -> None:
-    """Refuse a split whose LitData index declares a serializer outside :data:`SAFE_FORMATS`.
+def check_split_files(root: str, split: str) -> None:
+    """Refuse a split whose LitData index declares a serializer outside :data:`SAFE_FORMATS`, or (for a local
+    folder) whose chunk files do not match the index.
 
     Raises:
-        CorruptDataError: Naming the index file and the unsafe format.
+        CorruptDataError: Naming the index or chunk file and what is wrong.
     """
     location = f"{root.rstrip('/')}/{split}/index.json"
     try:
@@ -275,6 +276,35 @@ def check_sample_format(root: str, split: str) -> None:
         raise CorruptDataError(
             f"{location} declares sample format(s) {unsafe}; only {sorted(SAFE_FORMATS)} are read (a pickled sample "
             "can run code when loaded). Write the shards with python cli.py optimize."
+        )
+    if not _is_remote(root):
+        _check_chunks(Path(root) / split, index.get("chunks", []))
+
+
+def _check_chunks(folder: Path, chunks: list[dict[str, Any]]) -> None:
+    """Each chunk file of a local split is there, as long as its index says, and its header counts the samples
+    the index does: a damaged chunk is named here, not met in a loader worker as LitData's traceback (a header
+    count that does not match, an empty file that cannot be mapped, a wait for a "download" that never ends).
+
+    Raises:
+        CorruptDataError: Naming the chunk file and what is wrong with it.
+    """
+    for chunk in chunks:
+        path = folder / str(chunk.get("filename"))
+        expected_bytes, expected_items = chunk.get("chunk_bytes"), chunk.get("chunk_size")
+        if not path.is_file():
+            problem = "it is missing"
+        elif path.stat().st_size != expected_bytes:
+            problem = f"it is {path.stat().st_size:,} bytes, its index says {expected_bytes:,} (truncated or replaced)"
+        else:
+            with path.open("rb") as handle:
+                items = int.from_bytes(handle.read(4), "little")
+            if items == expected_items:
+                continue
+            problem = f"its header counts {items:,} samples, its index {expected_items:,} (overwritten)"
+        raise CorruptDataError(
+            f"{path}: the shard file is damaged ({problem}); write the shards again with python cli.py optimize "
+            "(--overwrite true to replace them)."
         )
 
 
@@ -369,7 +399,7 @@ class ShardedDataModule(ImageDataModule):
 
         splits = [s for s in _SPLITS if s in self.meta["splits"]]
         for split in splits:
-            check_sample_format(self.root, split)
+            check_split_files(self.root, split)
         mean, std = (self.mean, self.std) if self.normalize else (None, None)
         options = dict(
             size=self.image_size,
