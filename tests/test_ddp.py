@@ -386,3 +386,17 @@ def test_a_time_budget_gives_every_rank_the_same_rates_and_the_same_stop(data_di
     assert ranks[0]["global_step"] == len(lrs) >= 1
     # Below the optimizer's 0.05 from the first batch on (the clock runs from the start of training), never rising.
     assert 0 <= lrs[-1] <= lrs[0] <= 0.05 and lrs == sorted(lrs, reverse=True)
+
+
+def test_an_error_in_one_process_ends_every_process_with_one_line(tmp_path):
+    # Rank 0 finds no data while rank 1 waits in a barrier: rank 1 must not add a traceback about the closed
+    # connection once rank 0 has printed why the run stopped.
+    (tmp_path / "empty").mkdir()
+    args = ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), "--trainer", str(CONFIGS / "trainer" / "ddp_cpu.yaml"),
+            "--data.init_args.data_dir", str(tmp_path / "empty"), "--data.init_args.download", "false"]  # fmt: skip
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONWARNINGS"}  # Python's own warning filters, as a user's
+    result = subprocess.run(cli_command(*args), cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_S)  # fmt: skip
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 2
+    assert len(lines) == 1 and lines[0].startswith("error: MNIST not found"), "\n".join(lines)

@@ -114,6 +114,8 @@ def _hide_notices(record: logging.LogRecord) -> bool:
 
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
+# How gloo and the TCP store say that the other end of a collective is gone.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
 # What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it). The
 # classifier would read num_classes and the input shape from a net of this package; linking them also serves a
@@ -524,6 +526,21 @@ def main(args: Optional[list[str]] = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    except RuntimeError as err:
+        if not _a_peer_stopped(err):
+            raise
+        # Another process of this DDP run ended first and printed why; this one ends too, without a traceback
+        # about the closed connection (the first rank says that much in one line, the others nothing).
+        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
+            print("error: another process of this run stopped first (its error says why); this one stopped too.",
+                  file=sys.stderr)  # fmt: skip
+        sys.exit(2)
+
+
+def _a_peer_stopped(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another process of the run went away."""
+    network_error = getattr(torch.distributed, "DistNetworkError", ())
+    return isinstance(err, network_error) or any(text in str(err) for text in _PEER_GONE)
 
 
 def _keep_integer_batch_limits(parser: Any) -> None:
