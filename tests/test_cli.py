@@ -3,6 +3,7 @@ the CLI links, checkpoints, summaries and errors behave as documented."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,19 @@ def test_an_integer_batch_limit_stays_that_many_batches(capsys):
     assert trainer["limit_val_batches"] == 1 and isinstance(trainer["limit_val_batches"], int)
     assert trainer["limit_train_batches"] == 4 and isinstance(trainer["limit_train_batches"], int)  # from YAML
     assert trainer["limit_test_batches"] == 0.5
+
+
+def test_a_disk_that_fills_up_while_a_checkpoint_is_written_is_named(small_disk, tmp_path):
+    # A real 1 MiB disk: the first LeNet checkpoint (about 0.8 MB) fits, the second does not.
+    disk = small_disk("1m")
+    mnist = write_fake_mnist(tmp_path / "mnist")
+    args = ["fit", "--config", str(CONFIGS / "lenet_mnist.yaml"), *SMOKE, "--data.init_args.data_dir", str(mnist),
+            "--data.init_args.download", "false"]  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "cli.py"), *args], cwd=disk, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    folder = "runs/lenet_mnist/version_0/checkpoints"
+    assert last.startswith(f"error: cannot write {folder}: No space left on device"), last
+    kept = list((disk / folder).glob("*.ckpt"))
+    assert kept and all(torch.load(path, weights_only=True)["epoch"] == 0 for path in kept)  # whole files only

@@ -414,7 +414,7 @@ CASES: dict[str, Case] = {
     ),
     "disk_full": Case(
         _lenet_with("--trainer.max_epochs", "3", "--checkpoint.monitor", "epoch", "--checkpoint.mode", "max"),
-        ("error: cannot write ", "No space left on device"),
+        ("error: cannot write ", "/checkpoints: No space left on device"),
         prelude=DISK_FULL,
         check=_epoch_0_checkpoints_whole,
     ),

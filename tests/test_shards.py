@@ -216,23 +216,8 @@ def test_the_shards_folder_follows_the_umask(shards):
     assert shards.stat().st_mode & 0o777 == 0o777 & ~current_umask()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A 128 KiB tmpfs: a real full disk (root only; skipped where mounting is not allowed)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
-
-
 def test_optimize_onto_a_full_disk_stops_at_once_and_leaves_nothing(small_disk, tmp_path):
+    small_disk = small_disk("128k")
     data = _mnist_data_config(tmp_path, write_indexed_mnist(tmp_path / "mnist"))
     command = [sys.executable, str(REPO_ROOT / "cli.py"), "optimize", "--data", str(data), "--output_dir",
                str(small_disk / "shards"), "--num_workers", "1"]  # fmt: skip

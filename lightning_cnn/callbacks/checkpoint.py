@@ -7,10 +7,12 @@
   metric. Its ``restore_best_weights`` then loads exactly the weights of the best checkpoint, the one
   ``test_after_fit`` evaluates.
 - A ``fast_dev_run`` writes nothing (Lightning's end-of-training ``last.ckpt`` would land in the working folder).
+- A write that fails (a full disk) names the checkpoints' folder.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -58,6 +60,13 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         delta = self.min_delta or 0.0
         better = current < kth - delta if self.mode == "min" else current > kth + delta
         return trainer.strategy.reduce_boolean_decision(bool(torch.as_tensor(better)))
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        except OSError as err:
+            # The writer's error may name a temporary file elsewhere, or none: name the checkpoint's folder.
+            raise OSError(err.errno, err.strerror, str(Path(filepath).parent)) from None
 
     # --- last.ckpt after every epoch --------------------------------------------------------------------------
 
