@@ -20,8 +20,12 @@ import pytorch_lightning as pl  # noqa: E402
 from lightning_cnn import ImageClassifier  # noqa: E402
 from lightning_cnn.data import MNISTDataModule  # noqa: E402
 from lightning_cnn.models import LeNet  # noqa: E402
-from lightning_cnn.tune import SearchFileError, SearchSpace, TrialReporter  # noqa: E402
-from lightning_cnn.tune import study as study_module  # noqa: E402
+from lightning_cnn.tune import (  # noqa: E402
+    SearchFileError,
+    SearchSpace,
+    TrialReporter,
+    engine,  # noqa: E402
+)
 from tests.conftest import REPO_ROOT, cli_error_line, write_fake_mnist  # noqa: E402
 
 SEARCH = {
@@ -220,9 +224,7 @@ def test_a_pruned_trial_stops_before_max_epochs(tmp_path, monkeypatch):
         done.report(1.01, epoch)  # a val/acc no trial can reach: the median pruner stops the next one
     study.tell(done, 1.01)
     trial = study.ask()
-    monkeypatch.setattr(
-        study_module, "make_pruner", lambda name, epochs: optuna.pruners.MedianPruner(n_startup_trials=1)
-    )
+    monkeypatch.setattr(engine, "make_pruner", lambda name, epochs: optuna.pruners.MedianPruner(n_startup_trials=1))
     reporter = TrialReporter(
         storage=storage,
         study="s",

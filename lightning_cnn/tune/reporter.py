@@ -35,7 +35,7 @@ class TrialReporter(pl.Callback):
         trial_id: The trial's id in the storage.
         metric: The logged value the study optimizes (``val/acc``).
         direction: ``minimize`` or ``maximize``.
-        pruner: The study's pruner, as :func:`lightning_cnn.tune.study.make_pruner` builds it from its name.
+        pruner: The study's pruner, as :func:`lightning_cnn.tune.engine.make_pruner` builds it from its name.
         max_epochs: The trials' epoch budget (the pruner's largest resource).
         result: Where to write the trial's result (JSON) when fit ends.
         parent: The worker's process id: if the worker is gone (killed), the trial stops at once.
@@ -110,7 +110,7 @@ class TrialReporter(pl.Callback):
         if self._trial is None:
             import optuna
 
-            from lightning_cnn.tune.study import make_pruner, open_storage
+            from lightning_cnn.tune.engine import make_pruner, open_storage
 
             study = optuna.load_study(
                 study_name=self.study_name,

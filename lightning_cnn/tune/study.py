@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import io
 import json
 import os
 import socket
@@ -29,13 +28,13 @@ from lightning_cnn.callbacks.progress import _duration
 from lightning_cnn.cli.arguments import _experiment_name
 from lightning_cnn.cli.errors import ConfigError
 from lightning_cnn.cli.runs import _DEFAULT_LOGGERS, RUNS_DIR
+from lightning_cnn.tune.checks import check_params, cli_value, objective_of, resolved_fit_config
+from lightning_cnn.tune.engine import PRUNERS, SAMPLERS, make_pruner, make_sampler, open_storage
 from lightning_cnn.tune.reporter import TRIAL_ENV
-from lightning_cnn.tune.space import SearchFileError, SearchSpace
+from lightning_cnn.tune.space import SearchSpace
 
-__all__ = ["SAMPLERS", "PRUNERS", "make_pruner", "make_sampler", "open_storage", "main"]
+__all__ = ["Sweep", "main"]
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("hyperband", "median", "none")
 #: How often a worker stamps its running trial as alive (the trial's ``alive_at``), and after how long without a
 #: stamp another worker takes the trial for lost (its worker killed or its machine gone), fails it and runs its
 #: values again. Any storage carries the stamp, a journal file on a shared filesystem as well as a database.
@@ -43,50 +42,6 @@ HEARTBEAT_S, GRACE_S = 60, 300
 #: A sweep stops after this many failed trials in a row (KerasTuner's max_consecutive_failed_trials): the cause is
 #: then the config or the machine, not the sampled values.
 MAX_FAILED_IN_A_ROW = 3
-_JOURNAL_PREFIX = "journal:"
-
-
-# --- Optuna pieces, by name ---------------------------------------------------------------------------------
-
-
-def open_storage(url: str) -> Any:
-    """An Optuna storage: ``journal:PATH`` (or a path ending in ``.log``) for a journal file, which works on a
-    shared filesystem; anything else is a database URL (``sqlite:///…``, ``postgresql://…``, ``mysql://…``)."""
-    import optuna
-
-    if url.startswith(_JOURNAL_PREFIX) or url.endswith(".log"):
-        path = url.removeprefix(_JOURNAL_PREFIX).removeprefix("//")
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    return optuna.storages.RDBStorage(url)
-
-
-def make_sampler(name: str, space: SearchSpace, seed: int) -> Any:
-    """TPE (Optuna's default, as KerasTuner's BayesianOptimization), random, grid or CMA-ES, seeded."""
-    import optuna
-
-    if name == "tpe":
-        # constant_liar: parallel workers do not all draw the same point while the others' trials run.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    try:
-        import cmaes  # noqa: F401  (CmaEsSampler imports it only when it samples)
-    except ImportError:
-        raise ConfigError("--sampler cmaes needs the cmaes package: pip install cmaes (or choose tpe).") from None
-    return optuna.samplers.CmaEsSampler(seed=seed)
-
-
-def make_pruner(name: str, max_epochs: int) -> Any:
-    """Hyperband (KerasTuner's Hyperband on the epoch budget), median, or none."""
-    import optuna
-
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1), reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
-    return optuna.pruners.NopPruner()
 
 
 # --- the command ------------------------------------------------------------------------------------------
@@ -121,9 +76,9 @@ def main(argv: list[str]) -> None:
             raise ConfigError(f"--{name} {getattr(args, name)}; give a whole number >= 1.")
     space = SearchSpace.from_file(args.search)
     fit_args = [arg for config in args.config for arg in ("--config", config)] + fit_args
-    base = _resolved(fit_args)
-    objective = _objective(space, base)
-    _check_params(space, fit_args)
+    base = resolved_fit_config(fit_args)
+    objective = objective_of(space, base)
+    check_params(space, fit_args)
     study_name = args.study or Path(args.search).stem
     folder = Path(RUNS_DIR) / _experiment_name(["--config", args.config[0]], "tune") / f"tune-{study_name}"
     if args.dry_run:
@@ -256,7 +211,7 @@ class Sweep:
         result_file = run_dir / "result.json"
         result_file.unlink(missing_ok=True)
         command = [sys.executable, "-m", "lightning_cnn.cli.command", "fit", *self.fit_args]
-        command += [f"--{key}={_cli_value(value)}" for key, value in values.items()]
+        command += [f"--{key}={cli_value(value)}" for key, value in values.items()]
         command += [f"--trainer.logger={json.dumps(self._loggers(run_dir))}", "--test_after_fit=false"]
         env = self._trial_env(trial, slot, result_file)
         if self.args.workers > 1:
@@ -385,65 +340,7 @@ class Sweep:
             print(f"trial {number}  {done}/{self.trials}  {what}  {_duration(wall)}  {best_text}{eta}", flush=True)
 
 
-# --- checks before the study starts ---------------------------------------------------------------------
-
-
-def _resolved(fit_args: list[str]) -> Any:
-    """The fit config these arguments resolve to, without building anything.
-
-    Raises:
-        ConfigError: The parser's one-line error.
-    """
-    from lightning_cnn.cli.command import CNNCLI
-
-    class _ParseOnly(CNNCLI):
-        def _add_instantiators(self) -> None: ...
-        def before_instantiate_classes(self) -> None: ...
-        def instantiate_classes(self) -> None: ...
-        def after_instantiate_classes(self) -> None: ...
-        def _run_subcommand(self, subcommand: str) -> None: ...
-
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            cli = _ParseOnly(args=["fit", *fit_args])
-    except SystemExit:
-        lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-        message = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
-        raise ConfigError(message.removeprefix("error:").strip()) from None
-    return cli.config["fit"]
-
-
-def _objective(space: SearchSpace, base: Any) -> tuple[str, str]:
-    metric = space.objective.metric or base.checkpoint.monitor
-    direction = space.objective.direction
-    if direction is None:
-        if space.objective.metric and space.objective.metric != base.checkpoint.monitor:
-            raise SearchFileError(
-                f"objective.metric {metric!r} has no direction; add direction: maximize (or minimize)."
-            )
-        direction = "maximize" if base.checkpoint.mode == "max" else "minimize"
-    return metric, direction
-
-
-def _check_params(space: SearchSpace, fit_args: list[str]) -> None:
-    """Parse the config with each key at each of its corner values (and its conditions met), so a key the config
-    does not have, or a value it does not take, stops the sweep before any trial, with one line."""
-    for param in space.params:
-        conditions = [f"--{key}={_cli_value(values[0])}" for key, values in param.when.items()]
-        for value in param.corners():
-            try:
-                _resolved([*fit_args, *conditions, f"--{param.key}={_cli_value(value)}"])
-            except ConfigError as err:
-                raise SearchFileError(f"search file {space.path}: params.{param.key} = {value!r}: {err}") from None
-
-
 # --- small helpers ------------------------------------------------------------------------------------------
-
-
-def _cli_value(value: Any) -> str:
-    """A value as the command line takes it: strings as they are, everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _failure_reason(log: Path, returncode: int) -> str:
