@@ -17,25 +17,26 @@ Subclass it to change behaviour; the methods meant to be overridden are:
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any, Literal, Optional, Union, get_args
+from typing import IO, Any, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from lightning_cnn.hardware import lay_out, warn_if_bf16_is_emulated
 from lightning_cnn.models.backbones import skip_pretrained_weights
+from lightning_cnn.module_checks import built, choice, divergence_message, from_net, plain_data
 from lightning_cnn.preprocessing import Preprocessing
 from lightning_cnn.regularization import regularization_loss
+from lightning_cnn.test_time import test_time_views
 
 __all__ = ["ImageClassifier", "LRSchedulerCallable", "NonFiniteLossError", "OptimizerCallable", "Stage"]
 
@@ -55,18 +56,8 @@ _TRAIN_SUMS = ("loss", "data_loss", "reg_loss", "acc")
 _PLATEAU_MONITOR = "val/loss"
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that torch's CPU kernels use."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite: the run stops before anything non-finite is saved."""
-
-
-class TrainingSetupError(ValueError):
-    """A setting training cannot start with, found once the trainer runs: an optimizer argument torch refuses, or
-    callbacks that cannot work together. Its message names the setting and the fix."""
 
 
 class ImageClassifier(pl.LightningModule):
@@ -138,13 +129,13 @@ class ImageClassifier(pl.LightningModule):
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
             self.save_hyperparameters()
         # Likewise an optimizer or scheduler given as a Python callable (the CLI records its class_path config).
-        objects = [name for name in ("net", "optimizer", "lr_scheduler") if not _plain_data(self.hparams.get(name))]
+        objects = [name for name in ("net", "optimizer", "lr_scheduler") if not plain_data(self.hparams.get(name))]
         if objects:
             self.save_hyperparameters(ignore=objects)
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
-        self.lr_scheduler_interval = _choice("lr_scheduler_interval", lr_scheduler_interval, SchedulerInterval)
+        self.lr_scheduler_interval = choice("lr_scheduler_interval", lr_scheduler_interval, SchedulerInterval)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing={label_smoothing}; use a value in [0, 1) (0: none, Keras' default).")
         self.label_smoothing = label_smoothing
@@ -154,7 +145,7 @@ class ImageClassifier(pl.LightningModule):
                 f"test_time_shift={test_time_shift!r}; use a whole number of pixels >= 0 (0: off, 1: one-pixel shifts)."
             )
         self.test_time_shift = test_time_shift
-        num_classes = _from_net(net, "num_classes", num_classes, getattr(net, "num_classes", None))
+        num_classes = from_net(net, "num_classes", num_classes, getattr(net, "num_classes", None))
         if num_classes is None:
             raise ValueError(
                 f"{type(net).__name__} carries no num_classes attribute; give ImageClassifier num_classes=N, or store "
@@ -163,14 +154,14 @@ class ImageClassifier(pl.LightningModule):
         carried_shape = None
         if hasattr(net, "in_channels") and hasattr(net, "input_size"):
             carried_shape = (net.in_channels, *net.input_size)
-        input_shape = _from_net(net, "input_shape", input_shape, carried_shape)
+        input_shape = from_net(net, "input_shape", input_shape, carried_shape)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.penalty_in_eval_loss = penalty_in_eval_loss
         self.binary = getattr(net, "num_outputs", num_classes) == 1
         self.preprocessing = Preprocessing.from_dict(preprocessing) if preprocessing else None
         self.example_input_array = torch.zeros(1, *self.input_shape) if self.input_shape else None
-        self.memory_format = _choice("memory_format", memory_format, MemoryFormat)
+        self.memory_format = choice("memory_format", memory_format, MemoryFormat)
         self.compile_net = compile
         self._compiled = False
         self._channels_last = False  # decided in setup(), once the device is known
@@ -226,12 +217,7 @@ class ImageClassifier(pl.LightningModule):
     def evaluation_logits(self, x: Tensor) -> Tensor:
         """The logits that evaluation and prediction use: ``self(x)``, or the mean of the logits over the views that
         ``test_time_shift`` and ``test_time_flip`` add (shifted copies, then the mirror of each)."""
-        views = [x]
-        k = self.test_time_shift
-        if k:
-            views += [_shifted(x, dy, dx) for dy, dx in ((0, k), (0, -k), (k, 0), (-k, 0))]
-        if self.test_time_flip:
-            views += [view.flip(-1) for view in views]
+        views = test_time_views(x, self.test_time_shift, self.test_time_flip)
         return sum(self(view) for view in views) / len(views)
 
     def probabilities(self, logits: Tensor) -> Tensor:
@@ -309,23 +295,10 @@ class ImageClassifier(pl.LightningModule):
             diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
         if not diverged:
             return
-        step, loss, data_loss, penalty = record
-        where = (
-            f"at step {int(step)} (data loss {data_loss:.4g}, penalty {penalty:.4g})"
-            if step >= 0
-            else "on another process"
-        )
         epoch = self.trainer.current_epoch if self._trainer is not None else 0
-        kept = ""
         callback = self.trainer.checkpoint_callback if self._trainer is not None else None
-        if callback is not None and (callback.last_model_path or callback.best_model_path):
-            kept = (
-                f"; the checkpoints written before it are kept ({callback.last_model_path or callback.best_model_path})"
-            )
-        raise NonFiniteLossError(
-            f"training stopped: the loss became {loss if step >= 0 else 'non-finite'} in epoch {epoch} {where}; the "
-            f"weights diverged: lower the learning rate (optimizer.init_args.lr) or check the data{kept}."
-        )
+        kept = (callback.last_model_path or callback.best_model_path) if callback is not None else ""
+        raise NonFiniteLossError(divergence_message(record, epoch, kept))
 
     def _store_confusion(self, stage: Stage) -> None:
         metric = getattr(self, f"{stage}_confusion")
@@ -337,25 +310,12 @@ class ImageClassifier(pl.LightningModule):
         them; moving to the device keeps the layout)."""
         wanted = self.memory_format
         self._channels_last = wanted == "channels_last" or (wanted == "auto" and device.type == "cpu")
-        self.net.to(memory_format=torch.channels_last if self._channels_last else torch.contiguous_format)
         for handle in self._stride_hooks:
             handle.remove()
-        self._stride_hooks = []
-        for param in self.net.parameters():
-            if param.dim() == 4 and param.is_contiguous() and param.stride() != _default_strides(param.shape):
-                trainable = param.requires_grad
-                param.requires_grad_(True)  # a hook needs it; a frozen kernel keeps its hook for when it is unfrozen
-                self._stride_hooks.append(param.register_hook(functools.partial(_with_strides_of, param)))
-                param.requires_grad_(trainable)
+        self._stride_hooks = lay_out(self.net, self._channels_last)
 
     def _warn_if_bf16_is_emulated(self) -> None:
-        precision = str(self.trainer.precision)
-        on_cpu = self.trainer.strategy.root_device.type == "cpu"
-        if on_cpu and precision.startswith("bf16") and not cpu_has_native_bf16():
-            rank_zero_warn(
-                f"precision {precision} on this CPU: it has no bfloat16 instructions (AVX512-BF16 or AMX), so torch "
-                "emulates bfloat16 convolutions, about 10x slower than float32; use precision 32-true here."
-            )
+        warn_if_bf16_is_emulated(str(self.trainer.precision), self.trainer.strategy.root_device)
 
     def _take_preprocessing_from_datamodule(self) -> None:
         """Built in Python without ``preprocessing``: record the attached datamodule's, so checkpoints carry it."""
@@ -426,85 +386,11 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """The ``optimizer`` over the trainable parameters (Adam, lr 1e-3 by default), and the ``lr_scheduler`` if
         one was given."""
-        optimizer = _built("optimizer", self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
+        optimizer = built("optimizer", self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = _built("lr_scheduler", self.lr_scheduler_factory, optimizer)
+        scheduler = built("lr_scheduler", self.lr_scheduler_factory, optimizer)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.lr_scheduler_interval}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = getattr(scheduler, "monitor", _PLATEAU_MONITOR)
         return {"optimizer": optimizer, "lr_scheduler": config}
-
-
-def _built(key: str, factory: Callable[[Any], Any], argument: Any) -> Any:
-    """``factory(argument)``, with torch's own refusal of an argument ("Invalid learning rate: -1.0") as one line
-    that names the config key."""
-    try:
-        return factory(argument)
-    except ValueError as err:
-        raise TrainingSetupError(
-            f"model.init_args.{key}: {err}; change that value in the config or on the command line."
-        ) from None
-
-
-def _shifted(x: Tensor, dy: int, dx: int) -> Tensor:
-    """``x`` (N, C, H, W) moved ``dy`` pixels down and ``dx`` right, the edge rows and columns repeated into the gap."""
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
-    top, left = max(-dy, 0), max(-dx, 0)
-    return padded[..., top : top + height, left : left + width]
-
-
-def _plain_data(value: Any) -> bool:
-    """Whether a hyperparameter is plain data (a config), which a checkpoint can hold without pickling code."""
-    if isinstance(value, dict):
-        return all(_plain_data(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_plain_data(v) for v in value)
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _choice(name: str, value: str, allowed: Any) -> str:
-    """``value`` if it is one of the ``Literal`` ``allowed``.
-
-    Raises:
-        ValueError: Naming the value and the allowed ones.
-    """
-    if value not in get_args(allowed):
-        raise ValueError(f"{name}={value!r}; choose one of {list(get_args(allowed))}.")
-    return value
-
-
-def _from_net(net: nn.Module, name: str, given: Any, carried: Any) -> Any:
-    """``given`` if set, else what the net carries; the two must agree when both are known.
-
-    Raises:
-        ValueError: If ``given`` disagrees with the net.
-    """
-    if given is not None and carried is not None and _as_list(given) != _as_list(carried):
-        raise ValueError(
-            f"{name}={given!r} disagrees with the net's {carried!r} ({type(net).__name__}); leave {name} out: it is "
-            "read from the net."
-        )
-    return given if given is not None else carried
-
-
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _default_strides(shape: torch.Size) -> tuple[int, ...]:
-    return torch.empty(shape, device="meta").stride()
-
-
-def _with_strides_of(param: Tensor, grad: Tensor) -> Tensor:
-    """``grad`` with ``param``'s strides, without a copy, when the two differ only on size-1 dimensions.
-
-    A kernel with one input channel (or a 1x1 kernel) is the same bytes in NCHW and NHWC, so ops disagree on its
-    strides: a convolution's gradient has the parameter's channels_last strides, a regularizer's has NCHW ones.
-    Autograd accepts either; DDP compares strides literally and copies every such gradient, with a warning. Both
-    are dense and equal on every dimension that counts, so the view below addresses the same elements.
-    """
-    if grad.stride() != param.stride() and grad.is_contiguous():
-        return grad.as_strided(param.shape, param.stride())
-    return grad

@@ -11,8 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from lightning_cnn import ImageClassifier
-from lightning_cnn import module as module_file
+from lightning_cnn import ImageClassifier, hardware
 from lightning_cnn.data import FashionMNISTDataModule
 from lightning_cnn.models import BatchNormCNN, ConvNet, LeNet, TorchvisionNet
 from lightning_cnn.models.layers import Dropout
@@ -169,7 +168,7 @@ def test_a_bad_memory_format_is_refused():
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(tmp_path, monkeypatch, native):
-    monkeypatch.setattr(module_file, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         _fit_tiny(tmp_path, ImageClassifier(LeNet()), precision="bf16-mixed")

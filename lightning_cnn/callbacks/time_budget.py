@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_cnn.module import TrainingSetupError
+from lightning_cnn.module_checks import TrainingSetupError
 
 __all__ = ["TimeBudget"]
 

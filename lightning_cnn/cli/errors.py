@@ -20,7 +20,8 @@ from lightning_cnn.models.backbones import (
     WeightsMismatchError,
     WeightsUnavailableError,
 )
-from lightning_cnn.module import NonFiniteLossError, TrainingSetupError
+from lightning_cnn.module import NonFiniteLossError
+from lightning_cnn.module_checks import TrainingSetupError
 
 __all__ = ["ConfigError"]
 
