@@ -12,8 +12,8 @@ import pytest
 
 from lightning_cnn.callbacks.progress import RunLog, _duration
 from lightning_cnn.cli import CNNCLI
-from lightning_cnn.cli.command import _hide_notices
 from lightning_cnn.cli.errors import ConfigError
+from lightning_cnn.cli.notices import _hide_notices
 from tests.conftest import CONFIGS, FASHION_MNIST_SYSTEM_DIR, REPO_ROOT, write_fake_mnist
 
 CONFIG = CONFIGS / "lenet_mnist.yaml"

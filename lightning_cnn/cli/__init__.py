@@ -11,7 +11,8 @@ the test split when ``fit`` ends. Runs log into ``runs/<name of the first --conf
 are rebuilt from the checkpoint (``--inputs`` predicts on new images with the checkpoint's preprocessing instead).
 """
 
-from lightning_cnn.cli.command import CNNCLI, main
+from lightning_cnn.cli.command import CNNCLI
 from lightning_cnn.cli.errors import ConfigError
+from lightning_cnn.cli.main import main
 
 __all__ = ["CNNCLI", "ConfigError", "main"]

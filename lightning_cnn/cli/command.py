@@ -4,11 +4,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import re
 import sys
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -46,17 +42,15 @@ from lightning_cnn.cli.arguments import (
     _option_value,
     _plain,
     _typed_values,
-    with_shipped_configs,
 )
 from lightning_cnn.cli.errors import (
-    _OUTPUT_ERRNOS,
-    _USER_ERRORS,
     ConfigError,
     _ConciseParser,
     _innermost_value_error,
     _user_error_in_chain,
 )
-from lightning_cnn.cli.help import SUBCOMMAND_HELP, help_request, short_help
+from lightning_cnn.cli.help import SUBCOMMAND_HELP
+from lightning_cnn.cli.notices import lightning_warnings_hidden, show_notices_at
 from lightning_cnn.cli.runs import (
     _DEFAULT_LOGGERS,
     RUNS_DIR,
@@ -67,55 +61,14 @@ from lightning_cnn.cli.runs import (
     _share_log_version,
 )
 from lightning_cnn.cli.tools import _TOOLS, ToolSubcommands
-from lightning_cnn.cli.yaml_files import use_strict_yaml
 from lightning_cnn.models.backbones import (
     skip_pretrained_weights,
 )
 from lightning_cnn.module import ImageClassifier
 
-__all__ = ["CNNCLI", "main"]
-
-# Lightning notices that appear on every run of this CLI and that a user cannot act on; silenced while the CLI runs
-# (see CNNCLI.__init__), never for the rest of the process.
-_LIGHTNING_NOTICES = (
-    # Raised inside Lightning itself (its pytree helper) on every predict.
-    r".*isinstance\(treespec, LeafSpec\).*",
-    # Every run logs into a new version folder, so a checkpoint restored by `--ckpt_path` always comes from another
-    # folder than the run's: Lightning's notice about it would appear on every test, predict and resume.
-    r".*The dirpath has changed from.*",
-    # A short run (a smoke test, fast_dev_run) has fewer batches than Lightning's logging interval.
-    r".*is smaller than the logging interval.*",
-)
-# Lightning's info notices ("GPU available: …", "Seed set to 42", tips about other products): hidden unless
-# --log_level info, since the run's own header says what it uses. Warnings on these loggers still show.
-_NOTICE_LOGGERS = (
-    "pytorch_lightning.utilities.rank_zero",
-    "lightning_fabric.utilities.rank_zero",
-    "lightning_fabric.utilities.seed",
-    "lightning_fabric.utilities.distributed",
-)
-# The notices those loggers print that the header replaces; other messages (restoring a checkpoint...) still show.
-_NOTICE_STARTS = (
-    "GPU available",
-    "TPU available",
-    "HPU available",
-    "💡 Tip",
-    "Trainer already configured",
-    "Seed set",
-    "Initializing distributed",
-    "distributed_backend=",
-)
-
-
-def _hide_notices(record: logging.LogRecord) -> bool:
-    # Other processes prefix their rank; the DDP notice comes inside a ruler of dashes.
-    message = re.sub(r"^[\s-]*(\[rank: \d+\]\s*)?", "", str(record.msg))
-    return not message.startswith(_NOTICE_STARTS)
-
+__all__ = ["CNNCLI"]
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
-# How gloo and the TCP store say that the other end of a collective is gone.
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
 # What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it). The
 # classifier would read num_classes and the input shape from a net of this package; linking them also serves a
@@ -154,9 +107,7 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         kwargs.setdefault("seed_everything_default", 42)
         # Any LightningDataModule that offers what the links read (num_classes, dims, preprocessing): the image
         # datamodules, ImageFilesDataModule for new images, or a project's own.
-        with warnings.catch_warnings():
-            for notice in _LIGHTNING_NOTICES:
-                warnings.filterwarnings("ignore", message=notice)
+        with lightning_warnings_hidden():
             super().__init__(ImageClassifier, LightningDataModule, *args, **kwargs)
 
     # --- parsing -----------------------------------------------------------------------------------------------
@@ -213,14 +164,7 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             self._default_loggers(parser, self._argv)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        level = ((self.config.get(subcommand) if subcommand else self.config).get("log_level") or "warning").upper()
-        for name in _NOTICE_LOGGERS:
-            logger = logging.getLogger(name)
-            logger.removeFilter(_hide_notices)
-            if level != "INFO" and level != "DEBUG":
-                logger.addFilter(_hide_notices)  # the notices only: what it restores from, for one, still shows
-            if level in ("ERROR", "DEBUG"):
-                logger.setLevel(level)
+        show_notices_at((self.config.get(subcommand) if subcommand else self.config).get("log_level") or "warning")
 
     def _default_loggers(self, parser: LightningArgumentParser, argv: list[str]) -> None:
         """Unless a config sets ``trainer.logger``, log CSV + TensorBoard into ``runs/<experiment>/version_N``, where
@@ -485,64 +429,6 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or None)
 
 
-use_strict_yaml()
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    """Entry point of ``cli.py`` and the ``lightning-cnn`` console script.
-
-    A bad config value, missing or corrupt data, or unusable weights end the run with one ``error: …`` line
-    (exit status 2) instead of a traceback; their messages say what to change.
-    """
-    # A class_path of the user's own (my_project.MyClassifier) is found in the current folder, as `python cli.py`
-    # finds it from the checkout: the console script and cli.py behave the same.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        argv = with_shipped_configs(sys.argv[1:] if args is None else list(args))
-        if argv[:1] == ["tune"]:  # a sweep of fit runs, with a parser of its own (lightning_cnn/tune)
-            _tune(argv[1:])
-            return
-        short, argv = help_request(argv)
-        if short:
-            prog = Path(sys.argv[0]).name if args is None else "cli.py"
-            print(short_help(short, prog))
-            sys.exit(0)
-        if args is None:
-            sys.argv[1:] = argv
-        else:
-            args = argv
-        CNNCLI(args=args)
-    except _USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in _OUTPUT_ERRNOS:
-            raise
-        where = f" {err.filename}" if err.filename else ""
-        print(
-            f"error: cannot write{where}: {err.strerror}; free space or choose another output folder (the logger's "
-            "save_dir, or trainer.default_root_dir). Files written before stay as they are.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    except RuntimeError as err:
-        if not _a_peer_stopped(err):
-            raise
-        # Another process of this DDP run ended first and printed why; this one ends too, without a traceback
-        # about the closed connection (the first rank says that much in one line, the others nothing).
-        if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-            print("error: another process of this run stopped first (its error says why); this one stopped too.",
-                  file=sys.stderr)  # fmt: skip
-        sys.exit(2)
-
-
-def _a_peer_stopped(err: BaseException) -> bool:
-    """Whether ``err`` is a collective failing because another process of the run went away."""
-    network_error = getattr(torch.distributed, "DistNetworkError", ())
-    return isinstance(err, network_error) or any(text in str(err) for text in _PEER_GONE)
-
-
 def _keep_integer_batch_limits(parser: Any) -> None:
     """``trainer.limit_*_batches`` as Lightning means them: an integer is that many batches, a float a fraction.
 
@@ -553,17 +439,3 @@ def _keep_integer_batch_limits(parser: Any) -> None:
     for action in parser._actions:
         if action.dest.startswith("trainer.limit_") and action.dest.endswith("_batches"):
             action._typehint = int | float | None
-
-
-def _tune(argv: list[str]) -> None:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise ConfigError("cli.py tune needs Optuna: pip install 'lightning-cnn[tune]' (or make setup).") from None
-    from lightning_cnn.tune.study import main as tune_main
-
-    tune_main(argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -210,7 +210,7 @@ class Sweep:
         run_dir.mkdir(parents=True, exist_ok=True)
         result_file = run_dir / "result.json"
         result_file.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "lightning_cnn.cli.command", "fit", *self.fit_args]
+        command = [sys.executable, "-m", "lightning_cnn.cli.main", "fit", *self.fit_args]
         command += [f"--{key}={cli_value(value)}" for key, value in values.items()]
         command += [f"--trainer.logger={json.dumps(self._loggers(run_dir))}", "--test_after_fit=false"]
         env = self._trial_env(trial, slot, result_file)
