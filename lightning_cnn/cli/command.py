@@ -40,9 +40,8 @@ from lightning_cnn.cli.arguments import (
     _link_weights_to_normalization,
     _note_model_difference,
     _option_value,
-    _plain,
-    _typed_values,
 )
+from lightning_cnn.cli.checks import _LINKS, ConfigChecks
 from lightning_cnn.cli.errors import (
     ConfigError,
     _ConciseParser,
@@ -70,17 +69,6 @@ __all__ = ["CNNCLI"]
 
 # Subcommands that evaluate or apply a trained model: with --ckpt_path they need no config.
 _EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
-# What the CLI fills in from the datamodule, so it is never typed twice (and a typed value must agree with it). The
-# classifier would read num_classes and the input shape from a net of this package; linking them also serves a
-# net from elsewhere that does not carry them (any nn.Module class).
-_LINKS: dict[str, Any] = {
-    "model.init_args.num_classes": lambda dm: dm.num_classes,
-    "model.init_args.input_shape": lambda dm: dm.dims,
-    "model.init_args.net.init_args.num_classes": lambda dm: dm.num_classes,
-    "model.init_args.net.init_args.in_channels": lambda dm: dm.dims[0],
-    "model.init_args.net.init_args.input_size": lambda dm: dm.dims[1:],
-    "model.init_args.preprocessing": lambda dm: dm.preprocessing.to_dict(),
-}
 _DESCRIPTION = (
     "Train, evaluate and apply the course's CNNs: fit | validate | test | predict (LightningCLI), and the tools "
     "summary (Keras-style model.summary()), preview (augmentation grid), export (ONNX / pt2 / TorchScript), optimize "
@@ -88,7 +76,7 @@ _DESCRIPTION = (
 )
 
 
-class CNNCLI(ToolSubcommands, LightningCLI):
+class CNNCLI(ToolSubcommands, ConfigChecks, LightningCLI):
     """LightningCLI with the datamodule → model links, a ``test_after_fit`` switch (on by default), runs logged into
     ``runs/<experiment>/`` and the tools ``summary``, ``preview``, ``export`` and ``optimize`` as subcommands."""
 
@@ -321,48 +309,6 @@ class CNNCLI(ToolSubcommands, LightningCLI):
         self._check_typed_links()
         self._check_net_takes_data()
 
-    def _check_typed_links(self) -> None:
-        """A value typed for a linked key (``--model.init_args.net.init_args.in_channels 1``, or the same key in a
-        YAML) that disagrees with the data would be silently replaced: refuse it, naming both."""
-        datamodule = self.datamodule
-        if datamodule is None or not hasattr(datamodule, "dims"):
-            return
-        typed = _typed_values(self._argv, list(_LINKS))
-        for key, value in typed.items():
-            actual = _LINKS[key](datamodule)
-            if _plain(value) != _plain(actual):
-                raise ConfigError(
-                    f"{key}={value!r} disagrees with the data ({type(datamodule).__name__} gives {_plain(actual)!r}); "
-                    "leave it out: the CLI links it from the datamodule."
-                )
-
-    def _check_net_takes_data(self) -> None:
-        """A net from outside the package (any nn.Module class) is not checked when it is built: run it once on
-        an input of the data's size, so a net that cannot take the images, or gives the wrong number of outputs,
-        fails here with one line rather than as a traceback in the first step."""
-        net, datamodule = getattr(self.model, "net", None), self.datamodule
-        if net is None or type(net).__module__.startswith("lightning_cnn.") or not hasattr(datamodule, "dims"):
-            return
-        name, shape = type(net).__name__, "×".join(map(str, datamodule.dims))
-        was_training = net.training
-        try:
-            with torch.no_grad():
-                out = net.eval()(torch.zeros(2, *datamodule.dims))
-        except RuntimeError as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(
-                f"model.init_args.net ({name}) cannot take the data's {shape} images ({first_line}); choose a net "
-                "for this size and channel count, or change data.init_args.image_size."
-            ) from None
-        finally:
-            net.train(was_training)
-        if not isinstance(out, torch.Tensor) or out.shape != (2, datamodule.num_classes):
-            got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ConfigError(
-                f"model.init_args.net ({name}) gives outputs of shape {got} per image, but the data has "
-                f"{datamodule.num_classes} classes; the net must return one logit per class (its num_classes)."
-            )
-
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # `trainer.enable_checkpointing: false` means no checkpoints: leave out the always-on `checkpoint:` and
         # `resume_checkpoint:` callbacks, which Lightning would otherwise refuse with a traceback.
@@ -393,18 +339,6 @@ class CNNCLI(ToolSubcommands, LightningCLI):
             if self.trainer.is_global_zero:
                 self._run_folder.remove_if_unfinished()
             raise
-
-    def _check_batch_splits(self) -> None:
-        """A global batch that does not split over the processes fails now, before any process starts or any file
-        is written (the datamodule would only find out when its first loader is built)."""
-        split = getattr(self.datamodule, "per_process_batch_size", None)
-        if split is None:
-            return
-        processes = self.trainer.num_nodes * self.trainer.num_devices
-        try:
-            split(processes)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
 
     def before_fit(self) -> None:
         from lightning_cnn.tune.reporter import TrialReporter  # (lightning_cnn.tune imports this module)
