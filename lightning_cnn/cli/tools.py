@@ -18,7 +18,7 @@ from lightning_cnn.callbacks import (
 from lightning_cnn.cli.arguments import _experiment_name
 from lightning_cnn.cli.errors import _OUTPUT_ERRNOS, ConfigError
 from lightning_cnn.data import ImageDataModule, ShardedDataModule, write_shards
-from lightning_cnn.data.shards import read_meta
+from lightning_cnn.data.shard_format import read_meta
 from lightning_cnn.export import export as export_checkpoint
 from lightning_cnn.preview import DEFAULT_DIR as PREVIEW_DIR
 from lightning_cnn.preview import write_preview

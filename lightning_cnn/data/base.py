@@ -15,10 +15,6 @@ Where data comes from, in order:
 
 from __future__ import annotations
 
-import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
@@ -30,19 +26,17 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_cnn.augmentation import Augmentation, seed_worker
-from lightning_cnn.data.dataset import ImageArrays, InMemoryImageDataset, _collate_batch
+from lightning_cnn.augmentation import Augmentation
+from lightning_cnn.data.dataset import ImageArrays, InMemoryImageDataset
 from lightning_cnn.data.errors import DataNotFoundError
-from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler
+from lightning_cnn.data.fetch import download_into
+from lightning_cnn.data.sampling import ResumableDataLoader, ResumableShuffleSampler, loader_options
+from lightning_cnn.data.splits import _check_classes, _check_split_size, split_indices
 from lightning_cnn.preprocessing import Preprocessing, resize_normalized, resize_uint8
 
 __all__ = ["ImageDataModule"]
 
 DEFAULT_DATA_DIR = "data"
-# With a per-sample augmentation the loader, not the model, is the bottleneck on small images.
-_AUTO_WORKERS_WITH_TRANSFORM = 4
-# Batches each augmenting worker keeps ready: evens out the per-batch cost of per-sample augmentation.
-_PREFETCH_WITH_TRANSFORM = 4
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -253,26 +247,11 @@ class ImageDataModule(pl.LightningDataModule):
             return
         if not self.download:
             raise self._not_found("data.download is false")
-        target = Path(self.data_dir or DEFAULT_DATA_DIR).expanduser()
-        created = [p for p in (target, *target.parents) if not p.exists()]
-        target.mkdir(parents=True, exist_ok=True)
-        # Into a private folder beside the data, then renamed into place (atomic on one filesystem): processes on
-        # several nodes downloading into one shared data_dir never read or overwrite each other's partial files,
-        # and a failed download leaves nothing behind.
-        private = Path(tempfile.mkdtemp(prefix=".download-", dir=target))
         try:
-            self._download(private)
-            for entry in private.iterdir():
-                if not (target / entry.name).exists():  # else another process finished first: keep its copy
-                    os.rename(entry, target / entry.name)
+            download_into(Path(self.data_dir or DEFAULT_DATA_DIR).expanduser(), self._download)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
-            shutil.rmtree(private, ignore_errors=True)
-            for folder in created:  # the data_dir folders this download created, if still empty
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
             reason = str(err).strip().splitlines()[0] if str(err).strip() else "no message"  # torchvision's span lines
             raise self._not_found(f"downloading it failed ({type(err).__name__}: {reason})") from err
-        shutil.rmtree(private, ignore_errors=True)
 
     # --- building the splits -----------------------------------------------------------------------------------
 
@@ -295,33 +274,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_set = make(test_images, test_labels)
 
     def _split_indices(self, n: int, val_split: Union[int, float, None] = None) -> tuple[Tensor, Tensor]:
-        """Which of ``n`` training samples train and which validate: ``val_split`` of them (a seeded permutation's
-        last ones, or the last ones in ``"last"`` mode), then ``train_size`` of the rest — the same on every
-        process. ``val_split`` overrides the datamodule's (0: all train, e.g. when a folder holds the validation set).
-
-        Raises:
-            ValueError: If ``val_split`` leaves no training sample.
-        """
+        """Which of ``n`` training samples train and which validate (see :func:`split_indices`); ``val_split``
+        overrides the datamodule's (0: all train, e.g. when a folder holds the validation set)."""
         val_split = self.val_split if val_split is None else val_split
-        generator = torch.Generator().manual_seed(self.seed)
-        if self.val_split_mode == "last" and isinstance(val_split, float) and 0 < val_split < 1:
-            # Keras' model.fit(validation_split=s): training rows up to floor(n * (1 - s)), validation the rest.
-            n_val = n - math.floor(n * (1.0 - val_split))
-            if n_val in (0, n):
-                raise ValueError(
-                    f"val_split={val_split} of {n} samples leaves {'no validation' if n_val == 0 else 'no training'} "
-                    "sample (Keras refuses this split too); use more data or another val_split."
-                )
-        else:
-            n_val = _count(val_split, n)
-        if n_val >= n:
-            raise ValueError(f"val_split={val_split} leaves no training samples out of {n}; use a smaller value.")
-        order = torch.arange(n) if self.val_split_mode == "last" else torch.randperm(n, generator=generator)
-        train_idx, val_idx = order[: n - n_val], order[n - n_val :]
-        if self.train_size is not None:
-            keep = _count(self.train_size, len(train_idx))
-            train_idx = train_idx[torch.randperm(len(train_idx), generator=generator)[:keep]]
-        return train_idx, val_idx
+        return split_indices(n, val_split, self.val_split_mode, self.train_size, self.seed)
 
     def _subset_classes(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The samples of the ``classes`` kept (a boolean mask) and their labels renumbered ``0..k-1`` in the order
@@ -386,22 +342,7 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Optional[InMemoryImageDataset], shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        workers = self.num_workers
-        # Per-sample augmentation and decoding files are the loader's work: then it gets workers by default.
-        busy = dataset.transform is not None or dataset.decodes_files
-        if workers is None:
-            workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if busy else 0
-        persistent = self.persistent_workers if self.persistent_workers is not None else workers > 0
-        pin = self.pin_memory if self.pin_memory is not None else torch.cuda.is_available()
-        augmenting = busy and workers > 0
-        common = dict(
-            num_workers=workers,
-            persistent_workers=persistent and workers > 0,
-            pin_memory=pin,
-            collate_fn=_collate_batch,
-            worker_init_fn=seed_worker if augmenting else None,
-            prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
-        )
+        common = loader_options(dataset, self.num_workers, self.persistent_workers, self.pin_memory)
         world_size, rank = _world(self)
         batch_size = self.per_process_batch_size(world_size)
         if shuffle:  # the training order: seeded, sharded over processes, resumable mid-epoch
@@ -456,29 +397,3 @@ def _as_size(size: Union[int, Sequence[int]]) -> tuple[int, int]:
     if len(hw) != 2 or min(hw) < 1:
         raise ValueError(f"image_size={size!r}; use a positive int or [height, width].")
     return hw  # type: ignore[return-value]
-
-
-def _check_split_size(value: Union[float, int], name: str, allow_zero: bool) -> None:
-    # A whole float >= 1 is a count (200.0 reads as 200 samples), as a YAML number may arrive as a float.
-    ok = (isinstance(value, float) and (0.0 < value < 1.0 or (value >= 1 and value.is_integer()))) or (
-        isinstance(value, int) and value >= 1
-    )
-    if allow_zero and value == 0:
-        ok = True
-    if isinstance(value, bool) or not ok:
-        zero = ", or 0 for none" if allow_zero else ""
-        raise ValueError(f"{name}={value!r}; use a fraction in (0, 1) or a count >= 1{zero}.")
-
-
-def _check_classes(classes: Optional[list[int]], total: int, owner: str) -> Optional[list[int]]:
-    if classes is None:
-        return None
-    classes = list(classes)
-    bad = [c for c in classes if not 0 <= c < total]
-    if bad or len(classes) < 2 or len(set(classes)) != len(classes):
-        raise ValueError(f"classes={classes} for {owner}; give at least 2 distinct label ids in 0..{total - 1}.")
-    return classes
-
-
-def _count(size: Union[float, int], n: int) -> int:
-    return int(round(size * n)) if isinstance(size, float) and size < 1 else min(int(size), n)

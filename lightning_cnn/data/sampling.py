@@ -18,11 +18,15 @@ which is why the count is kept here, at the loader's output, not in the sampler.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from typing import Any, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lightning_cnn.augmentation.seeding import seed_worker
+from lightning_cnn.data.dataset import _collate_batch
 
 __all__ = ["ResumableDataLoader", "ResumableShuffleSampler"]
 
@@ -131,3 +135,31 @@ class ResumableDataLoader(DataLoader):
         # Lightning also calls set_epoch, but only after this iterator may already have drawn from the sampler.
         self.sampler.set_epoch(epoch)
         self._resume_at = batches
+
+
+# With a per-sample augmentation the loader, not the model, is the bottleneck on small images.
+_AUTO_WORKERS_WITH_TRANSFORM = 4
+# Batches each augmenting worker keeps ready: evens out the per-batch cost of per-sample augmentation.
+_PREFETCH_WITH_TRANSFORM = 4
+
+
+def loader_options(
+    dataset: Any, num_workers: Optional[int], persistent_workers: Optional[bool], pin_memory: Optional[bool]
+) -> dict[str, Any]:
+    """The DataLoader options of a split: ``None`` settings chosen for its work. Per-sample augmentation and
+    decoding files are the loader's work, so such a split gets workers by default; arrays in memory are cut into
+    batches faster than a worker could ship them."""
+    busy = dataset.transform is not None or dataset.decodes_files
+    workers = num_workers
+    if workers is None:
+        workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if busy else 0
+    persistent = persistent_workers if persistent_workers is not None else workers > 0
+    augmenting = busy and workers > 0
+    return dict(
+        num_workers=workers,
+        persistent_workers=persistent and workers > 0,
+        pin_memory=pin_memory if pin_memory is not None else torch.cuda.is_available(),
+        collate_fn=_collate_batch,
+        worker_init_fn=seed_worker if augmenting else None,
+        prefetch_factor=_PREFETCH_WITH_TRANSFORM if augmenting else None,
+    )

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lightning_cnn.data.dataset import _ImageBatches, augment_uint8, channel_stats, decode_or_warn
 from lightning_cnn.data.errors import CorruptDataError
-from lightning_cnn.data.shards import SAFE_FORMATS
+from lightning_cnn.data.shard_format import SAFE_FORMATS
 from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
 
 __all__ = ["ShardLoader", "ShardSplit", "TrainingShards"]
@@ -35,7 +35,7 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 
 
 class _Refused(Serializer):
-    """Stands in for every LitData serializer outside :data:`~lightning_cnn.data.shards.SAFE_FORMATS`: a shard
+    """Stands in for every LitData serializer outside :data:`~lightning_cnn.data.shard_format.SAFE_FORMATS`: a shard
     that declares one is refused instead of deserialized (the index check at setup names it first)."""
 
     def __init__(self, name: str) -> None:
