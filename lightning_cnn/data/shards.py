@@ -294,28 +294,20 @@ class ShardedDataModule(ImageDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        from lightning_cnn.data.streaming import ShardSplit, TrainingShards
+        from lightning_cnn.data.streaming import ShardReading, ShardSplit, TrainingShards
 
         splits = [s for s in _SPLITS if s in self.meta["splits"]]
         for split in splits:
             check_split_files(self.root, split)
         mean, std = (self.mean, self.std) if self.normalize else (None, None)
-        options = dict(
-            size=self.image_size,
-            grayscale=self.grayscale,
-            channels=self.channels,
-            mean=mean,
-            std=std,
-            to_rgb=self.to_rgb,
-            cache_dir=self.cache_dir,
-            max_cache_size=self.max_cache_size,
-        )
-        self.train_set = TrainingShards(f"{self.root}/train", seed=self.seed, transform=self.train_transform, **options)
+        reading = ShardReading(self.image_size, self.grayscale, self.channels, mean, std, self.to_rgb, self.cache_dir,
+                               self.max_cache_size)  # fmt: skip
+        self.train_set = TrainingShards(f"{self.root}/train", self.seed, reading, transform=self.train_transform)
         if self.augmentation is not None:
             self._build_augmentation(self.train_set)
         counts = self.meta["splits"]
-        self.val_set = ShardSplit(f"{self.root}/val", counts["val"], **options) if "val" in splits else None
-        self.test_set = ShardSplit(f"{self.root}/test", counts["test"], **options) if "test" in splits else self.val_set
+        self.val_set = ShardSplit(f"{self.root}/val", counts["val"], reading) if "val" in splits else None
+        self.test_set = ShardSplit(f"{self.root}/test", counts["test"], reading) if "test" in splits else self.val_set
         if "test" not in splits and "val" in splits:
             rank_zero_warn(f"{self.root} has no test split: the test split is the validation split.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -27,7 +28,7 @@ from lightning_cnn.data.errors import CorruptDataError
 from lightning_cnn.data.shard_format import SAFE_FORMATS
 from lightning_cnn.preprocessing import normalize_uint8, resize_uint8
 
-__all__ = ["ShardLoader", "ShardSplit", "TrainingShards"]
+__all__ = ["ShardLoader", "ShardReading", "ShardSplit", "TrainingShards"]
 
 # Lightning warns that an IterableDataset's len() may count samples twice across workers; LitData's is each
 # process' own share, split between its workers, so the warning does not apply to these loaders.
@@ -80,6 +81,28 @@ class _SampleDecoder:
         return decode_or_warn(io.BytesIO(bytes(image)), name, self.grayscale, self.size, self._reported)
 
 
+@dataclass(frozen=True)
+class ShardReading:
+    """How every split of the shards is read: the network's image size and channels, the normalization, and where
+    LitData caches chunks fetched from object storage."""
+
+    size: tuple[int, int]
+    grayscale: bool
+    channels: int
+    mean: Optional[Sequence[float]]
+    std: Optional[Sequence[float]]
+    to_rgb: bool
+    cache_dir: Optional[str] = None
+    max_cache_size: str = "50GB"
+
+    def stream_options(self) -> dict[str, Any]:
+        """LitData's ``StreamingDataset`` options besides the folder, the order and the seed."""
+        return dict(cache_dir=self.cache_dir, max_cache_size=self.max_cache_size, serializers=_safe_serializers())
+
+    def decoder(self) -> _SampleDecoder:
+        return _SampleDecoder(self.size, self.grayscale, self.channels)
+
+
 class TrainingShards(StreamingDataset):
     """The training split as LitData streams it: shuffled by chunks with ``seed`` (a new order every epoch), shared
     out between nodes, ranks and workers. Yields ``(image, label)``: uint8 ``(C, H, W)`` at the network's size,
@@ -91,29 +114,15 @@ class TrainingShards(StreamingDataset):
         self,
         input_dir: str,
         seed: int,
-        size: tuple[int, int],
-        grayscale: bool,
-        channels: int,
-        mean: Optional[Sequence[float]],
-        std: Optional[Sequence[float]],
-        to_rgb: bool,
-        cache_dir: Optional[str] = None,
-        max_cache_size: str = "50GB",
+        reading: ShardReading,
         transform: Optional[Callable[..., dict[str, Any]]] = None,
     ) -> None:
-        super().__init__(
-            input_dir=input_dir,
-            cache_dir=cache_dir,
-            shuffle=True,
-            seed=seed,
-            max_cache_size=max_cache_size,
-            serializers=_safe_serializers(),
-        )
+        super().__init__(input_dir=input_dir, shuffle=True, seed=seed, **reading.stream_options())
         self.where = input_dir
-        self.decoder = _SampleDecoder(size, grayscale, channels)
-        out_channels = 3 if to_rgb else channels
-        self.mean, self.std = channel_stats(mean, out_channels), channel_stats(std, out_channels)
-        self.to_rgb = to_rgb
+        self.decoder = reading.decoder()
+        out_channels = 3 if reading.to_rgb else reading.channels
+        self.mean, self.std = channel_stats(reading.mean, out_channels), channel_stats(reading.std, out_channels)
+        self.to_rgb = reading.to_rgb
         #: Per-sample augmentation (Albumentations-style), set by the datamodule. Not called ``transform``: LitData
         #: applies any attribute of that name to the raw sample.
         self.augment = transform
@@ -175,30 +184,13 @@ class ShardSplit(_ImageBatches):
 
     decodes_files = True
 
-    def __init__(
-        self,
-        input_dir: str,
-        length: int,
-        size: tuple[int, int],
-        grayscale: bool,
-        channels: int,
-        mean: Optional[Sequence[float]],
-        std: Optional[Sequence[float]],
-        to_rgb: bool,
-        cache_dir: Optional[str] = None,
-        max_cache_size: str = "50GB",
-    ) -> None:
-        super().__init__(torch.zeros(0, dtype=torch.long), channels, mean, std, to_rgb, None, size)
+    def __init__(self, input_dir: str, length: int, reading: ShardReading) -> None:
+        r = reading
+        super().__init__(torch.zeros(0, dtype=torch.long), r.channels, r.mean, r.std, r.to_rgb, None, r.size)
         self.length = int(length)  # all of the split: LitData's own len() is one process' share under DDP
-        self.stream = StreamingDataset(
-            input_dir=input_dir,
-            cache_dir=cache_dir,
-            shuffle=False,
-            max_cache_size=max_cache_size,
-            serializers=_safe_serializers(),
-        )
+        self.stream = StreamingDataset(input_dir=input_dir, shuffle=False, **reading.stream_options())
         self.where = input_dir
-        self.decoder = _SampleDecoder(size, grayscale, channels)
+        self.decoder = reading.decoder()
 
     def __len__(self) -> int:
         return self.length
