@@ -413,3 +413,14 @@ def test_three_failed_trials_in_a_row_stop_the_sweep_with_the_reason(tmp_path):
     assert last.startswith("error: 3 trials in a row failed, the last with: the objective 'val/accuracy' is not")
     assert "val/acc" in last and "Traceback" not in result.stderr
     assert [row["state"] for row in read_table(tmp_path)] == ["fail"] * 3
+
+
+def test_the_console_script_runs_tune_as_cli_py_does(tmp_path):
+    console = Path(sys.executable).parent / "lightning-cnn"
+    if not console.is_file():
+        pytest.skip("the package's console script is not installed in this environment (pip install -e .)")
+    experiment, search = write_experiment(tmp_path), write_search(tmp_path)
+    args = ["tune", "--config", str(experiment), "--search", str(search), "--dry-run"]
+    result = subprocess.run([str(console), *args], cwd=tmp_path, capture_output=True, text=True, env=tune_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tune: checked; study 'search'" in result.stdout
