@@ -114,7 +114,10 @@ class Sweep:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's constant_liar
         try:
-            self.storage = open_storage(self.url)
+            # One process at a time creates the storage and the study: two tune processes starting together would
+            # otherwise both create the database's tables (SQLite: "UNIQUE constraint failed: alembic_version").
+            with _locked(folder / ".ask.lock"):
+                self.storage = open_storage(self.url)
         except Exception as err:  # SQLAlchemy's or the journal's own error types
             raise ConfigError(
                 f"--storage {self.url}: {str(err).splitlines()[0]}; give sqlite:///PATH, postgresql://USER@HOST/DB, "
@@ -129,14 +132,15 @@ class Sweep:
                 print(f"tune: the grid has {size} points; running {size} trials, not {self.trials}")
                 self.trials = size
         try:
-            self.study = optuna.create_study(
-                study_name=study_name,
-                storage=self.storage,
-                sampler=make_sampler(args.sampler, space, args.seed),
-                pruner=make_pruner(args.pruner, self.max_epochs),
-                direction=self.direction,
-                load_if_exists=True,
-            )
+            with _locked(folder / ".ask.lock"):
+                self.study = optuna.create_study(
+                    study_name=study_name,
+                    storage=self.storage,
+                    sampler=make_sampler(args.sampler, space, args.seed),
+                    pruner=make_pruner(args.pruner, self.max_epochs),
+                    direction=self.direction,
+                    load_if_exists=True,
+                )
         except ValueError as err:  # an existing study with another direction
             raise ConfigError(f"study {study_name!r} in {self.url}: {err}; give another --study name.") from None
         self._lock = threading.Lock()
