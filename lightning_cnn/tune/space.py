@@ -67,8 +67,7 @@ class Param:
     def suggest(self, trial: Any) -> Any:
         """The value of this key for an Optuna ``trial``."""
         if self.kind == "categorical":
-            # Optuna stores categorical choices as None/bool/int/float/str: lists and mappings travel as JSON.
-            encoded = [json.dumps(c) if isinstance(c, (list, dict)) else c for c in self.choices]
+            encoded = self._encoded_choices()
             value = trial.suggest_categorical(self.key, encoded)
             return self.choices[encoded.index(value)]
         if self.kind == "int":
@@ -78,7 +77,7 @@ class Param:
     def grid(self) -> list:
         """Every value of this key, for the grid sampler (categorical, int, or float with a step)."""
         if self.kind == "categorical":
-            return [json.dumps(c) if isinstance(c, (list, dict)) else c for c in self.choices]
+            return self._encoded_choices()
         if self.kind == "int":
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         if self.step is None:
@@ -87,6 +86,10 @@ class Param:
             )
         count = int(round((self.high - self.low) / self.step)) + 1
         return [round(self.low + i * self.step, 12) for i in range(count)]
+
+    def _encoded_choices(self) -> list:
+        # Optuna stores categorical choices as None/bool/int/float/str: lists and mappings travel as JSON.
+        return [json.dumps(c) if isinstance(c, (list, dict)) else c for c in self.choices]
 
     def corners(self) -> list:
         """Values that together exercise every kind of value this key can take (checked before a study starts)."""
