@@ -305,3 +305,21 @@ def test_a_disk_that_fills_up_while_a_checkpoint_is_written_is_named(small_disk,
     assert last.startswith(f"error: cannot write {folder}: No space left on device"), last
     kept = list((disk / folder).glob("*.ckpt"))
     assert kept and all(torch.load(path, weights_only=True)["epoch"] == 0 for path in kept)  # whole files only
+
+
+def test_the_cli_closes_a_finished_runs_process_group(monkeypatch, tmp_path):
+    """Left open, gloo's threads can abort the process at exit (-6) after a run that succeeded: main() closes it."""
+    import torch.distributed as dist
+
+    cli_main = sys.modules["lightning_cnn.cli.main"]  # the module (the package's `main` names the function)
+
+    def a_ddp_run(args):  # stands in for a fit whose strategy opened a process group
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+
+    monkeypatch.setattr(cli_main, "CNNCLI", a_ddp_run)
+    try:
+        cli_main.main(["fit"])
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -49,6 +49,7 @@ def main(args: Optional[list[str]] = None) -> None:
         else:
             args = argv
         CNNCLI(args=args)
+        _leave_process_group()
     except _USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -77,6 +78,14 @@ def _a_peer_stopped(err: BaseException) -> bool:
     """Whether ``err`` is a collective failing because another process of the run went away."""
     network_error = getattr(torch.distributed, "DistNetworkError", ())
     return isinstance(err, network_error) or any(text in str(err) for text in _PEER_GONE)
+
+
+def _leave_process_group() -> None:
+    """Close a finished DDP run's process group while Python is still whole. Left to the interpreter's exit, gloo's
+    worker threads can outlive it and abort the process ("terminate called without an active exception", exit -6)
+    after a run that succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _tune(argv: list[str]) -> None:
