@@ -19,19 +19,16 @@ from torch import nn
 
 __all__ = ["KerasSummary", "LayerRow", "keras_summary"]
 
-# PyTorch class name -> Keras layer name, for the "(type)" column.
+# PyTorch class name -> Keras layer name, for the "(type)" column (a name Keras shares, such as Dropout, or this
+# package's own Conv2D and Dense, stands as it is).
 _KERAS_TYPE_NAMES = {
-    "Conv2D": "Conv2D",
-    "Dense": "Dense",
     "Conv2d": "Conv2D",
     "Linear": "Dense",
     "BatchNorm1d": "BatchNormalization",
     "BatchNorm2d": "BatchNormalization",
-    "Dropout": "Dropout",
     "MaxPool2d": "MaxPooling2D",
     "AvgPool2d": "AveragePooling2D",
     "AdaptiveAvgPool2d": "GlobalAveragePooling2D",
-    "Flatten": "Flatten",
 }
 # Buffers Keras counts as non-trainable weights (BatchNorm's moving statistics).
 _COUNTED_BUFFERS = ("running_mean", "running_var")

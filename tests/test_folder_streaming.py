@@ -119,7 +119,9 @@ def test_unreadable_files_are_skipped_with_one_warning_never_a_crash(tmp_path):
         dm.setup("fit")
     assert len([w for w in record if "skipped" in str(w.message)]) == 1
     assert len(dm.train_set) == 19  # 18 good images + the truncated one, which only decoding finds out
-    with pytest.warns(UserWarning, match=r"cut\.jpg cannot be read as an image .*skipped") as record:
+    with pytest.warns(
+        UserWarning, match=r"cut\.jpg \(image file is truncated.*\): cannot be read as an image; skipped"
+    ) as record:
         seen = sum(len(y) for _, y in dm.train_dataloader())
         seen_again = sum(len(y) for _, y in dm.train_dataloader())
     assert seen == seen_again == 18  # every epoch runs to its end, one image short

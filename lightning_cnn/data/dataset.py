@@ -20,6 +20,7 @@ from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import torch
+from PIL import UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -34,6 +35,7 @@ __all__ = [
     "augment_uint8",
     "channel_stats",
     "check_label_range",
+    "decode_or_skip",
     "decode_or_warn",
     "decode_resized",
 ]
@@ -110,18 +112,33 @@ def channel_stats(values: Optional[Sequence[float]], channels: int) -> Optional[
     return torch.tensor(values, dtype=torch.float32).expand(channels).reshape(1, -1, 1, 1)
 
 
-def decode_or_warn(
-    source: Union[str, Path, BinaryIO], name: str, grayscale: bool, size: tuple[int, int], reported: set[str]
+def decode_or_skip(
+    source: Union[str, Path, BinaryIO], name: str, grayscale: bool, size: tuple[int, int], skipped: list[str]
 ) -> Optional[Tensor]:
-    """:func:`decode_resized`, or ``None`` with a warning naming ``name`` (once per name in ``reported``) when the
-    image cannot be decoded: one damaged file costs its sample, never the epoch."""
+    """:func:`decode_resized`, or ``None`` when the image cannot be decoded, with ``"name (why)"`` added to
+    ``skipped``: one damaged file costs its sample, never the run. The in-memory, streamed and shard datasets all
+    decode through here; what they do with ``skipped`` differs only in when they can say it (see
+    :func:`decode_or_warn`)."""
     try:
         return decode_resized(source, grayscale, size)
     except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        if name not in reported:
-            reported.add(name)
-            warnings.warn(f"{name} cannot be read as an image ({err}); skipped: fix or remove it.", stacklevel=3)
+        # PIL's own words, except where they would name the source again (a path, or a bytes buffer's repr).
+        why = "not an image" if isinstance(err, UnidentifiedImageError) else str(err) or type(err).__name__
+        skipped.append(f"{name} ({why})")
         return None
+
+
+def decode_or_warn(
+    source: Union[str, Path, BinaryIO], name: str, grayscale: bool, size: tuple[int, int], reported: set[str]
+) -> Optional[Tensor]:
+    """:func:`decode_or_skip` for data read while training (streamed files, shards): the file is named in a warning
+    when a batch meets it, once per name in ``reported``, since no list of all the damaged files exists before."""
+    skipped: list[str] = []
+    image = decode_or_skip(source, name, grayscale, size, skipped)
+    if skipped and name not in reported:
+        reported.add(name)
+        warnings.warn(f"{skipped[0]}: cannot be read as an image; skipped: fix or remove it.", stacklevel=3)
+    return image
 
 
 class _ImageBatches(Dataset):

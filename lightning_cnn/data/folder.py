@@ -40,7 +40,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_cnn.console import say
 from lightning_cnn.data.base import ImageDataModule
-from lightning_cnn.data.dataset import ImageArrays, ImageFileDataset, decode_resized
+from lightning_cnn.data.dataset import ImageArrays, ImageFileDataset, decode_or_skip
 from lightning_cnn.data.errors import CorruptDataError, DataNotFoundError
 from lightning_cnn.data.files import warn_unreadable
 from lightning_cnn.preprocessing import IMAGE_EXTENSIONS, list_image_files
@@ -141,14 +141,8 @@ class ImageFolderDataModule(ImageDataModule):
                 f"image_size is not set for {self.root}; folder images differ in size, so give data.image_size "
                 "(e.g. 224) or data.normalize_from_weights to use the pretrained weights' input size."
             )
-        super().__init__(
-            data_dir=data_dir,
-            image_size=image_size,
-            batch_size=batch_size,
-            val_split=val_split,
-            download=False,
-            **kwargs,
-        )
+        super().__init__(data_dir, image_size=image_size, batch_size=batch_size, val_split=val_split, download=False,
+                         **kwargs)  # fmt: skip
         self.grayscale = grayscale
         self.in_memory = in_memory
         self.memory_share = memory_share
@@ -208,17 +202,14 @@ class ImageFolderDataModule(ImageDataModule):
         paths, labels = self._list_split(folder)
         # Filled in place: a list of images stacked at the end would briefly take twice the memory.
         images = np.empty((len(paths), *self.image_size, self.channels), dtype=np.uint8)
-        kept, skipped = [], []
+        kept: list[int] = []
+        skipped: list[str] = []
         for i, path in enumerate(paths):
-            try:
-                # The datasets' own resize (antialiased bilinear), which prediction on new files applies too.
-                image = decode_resized(path, self.grayscale, self.image_size)
-            except OSError as err:  # PIL's UnidentifiedImageError is an OSError
-                skipped.append(f"{path} ({type(err).__name__})")
-                continue
-            images[len(kept)] = image.permute(1, 2, 0).numpy()
-            kept.append(i)
-        warn_unreadable(skipped)
+            image = decode_or_skip(path, str(path), self.grayscale, self.image_size, skipped)
+            if image is not None:
+                images[len(kept)] = image.permute(1, 2, 0).numpy()
+                kept.append(i)
+        warn_unreadable(skipped)  # decoded up front: every damaged file is known, and named in one warning
         if not kept:
             if paths:
                 raise CorruptDataError(f"none of the {len(paths)} image files in {folder} can be read as an image.")
