@@ -229,6 +229,34 @@ def test_optimize_onto_a_full_disk_stops_at_once_and_leaves_nothing(small_disk, 
     assert list(small_disk.iterdir()) == []
 
 
+_FILLS_WHILE_WRITING = """
+import sys
+from pathlib import Path
+
+import lightning_cnn.data.shards as shards
+from lightning_cnn.data import MNISTDataModule
+from tests.conftest import write_fake_mnist
+
+shards._check_free_space = lambda *args: None  # as if another job filled the disk after the check
+data = write_fake_mnist(Path(sys.argv[1]), n_train=3000, n_test=10)
+shards.write_shards(MNISTDataModule(data_dir=str(data), download=False), sys.argv[2], num_workers=1)
+"""
+
+
+def test_a_disk_that_fills_while_shards_are_written_stops_the_writers_and_leaves_nothing(small_disk, tmp_path):
+    disk = small_disk("1500k")  # room for the first chunks of 2.4 MB of training images, not for all of them
+    script = [sys.executable, "-c", _FILLS_WHILE_WRITING, str(tmp_path / "mnist"), str(disk / "shards")]
+    # LitData's writers would wait forever on the full disk; the timeout only turns such a hang into a failure.
+    result = subprocess.run(script, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"OSError: [Errno 28] No space left on device (the disk filled while writing): '{disk}'"
+    ), result.stderr[-3000:]
+    assert list(disk.iterdir()) == []  # the partial folder is gone
+    leftovers = subprocess.run(["pgrep", "-f", str(disk / "shards")], capture_output=True, text=True).stdout
+    assert leftovers == "", f"writer processes left running: {leftovers}"
+
+
 def test_optimize_subcommand_writes_shards_and_keeps_an_existing_folder(in_tmp, capsys):
     data = _mnist_data_config(in_tmp, write_indexed_mnist(in_tmp / "mnist"))
     from lightning_cnn.cli import main

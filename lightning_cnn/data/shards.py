@@ -37,6 +37,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_cnn.augmentation import Augmentation
 from lightning_cnn.data.base import ImageDataModule, _world
 from lightning_cnn.data.dataset import ImageFileDataset, _ImageBatches
+from lightning_cnn.data.disk_watch import FullDiskWatch
 from lightning_cnn.data.shard_format import (
     _FORMAT_VERSION,
     _SPLITS,
@@ -135,18 +136,10 @@ def write_shards(
     try:
         staging.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private (0700); shards follow the umask
         for name, dataset in splits.items():
-            litdata.optimize(
-                fn=_SampleWriter(dataset),
-                inputs=list(range(len(dataset))),
-                output_dir=str(staging / name),
-                chunk_bytes=chunk_bytes,
-                num_workers=max(1, min(workers, len(dataset))),
-                mode="overwrite",
-                keep_data_ordered=True,  # sample k of a split is the datamodule's sample k, whatever the writers
-                verbose=False,
-                # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
-                start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
-            )
+            with FullDiskWatch(
+                staging, where=output_dir.parent
+            ):  # the check above cannot see a disk that fills while the writers write
+                _optimize(litdata, dataset, staging / name, chunk_bytes, workers)
         meta = _describe(datamodule, splits)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if output_dir.exists():
@@ -156,6 +149,21 @@ def write_shards(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _optimize(litdata: Any, dataset: _ImageBatches, output_dir: Path, chunk_bytes: str, workers: int) -> None:
+    litdata.optimize(
+        fn=_SampleWriter(dataset),
+        inputs=list(range(len(dataset))),
+        output_dir=str(output_dir),
+        chunk_bytes=chunk_bytes,
+        num_workers=max(1, min(workers, len(dataset))),
+        mode="overwrite",
+        keep_data_ordered=True,  # sample k of a split is the datamodule's sample k, whatever the writers
+        verbose=False,
+        # Forked writers start at once and need no main-module guard; they only read bytes and arrays.
+        start_method="fork" if "fork" in multiprocessing.get_all_start_methods() else None,
+    )
 
 
 def _shard_bytes(splits: dict[str, _ImageBatches]) -> int:
