@@ -16,12 +16,13 @@ Keras, and ``benchmarks/throughput.py`` what Lightning's loop adds. The options,
 - ``threads``: ``cpu_threads`` (torch's intra-op threads; default: one per core).
 - ``bf16``: ``--trainer configs/trainer/bf16.yaml`` (``torch.autocast`` bfloat16); on a CPU without AVX512-BF16 or
   AMX, torch has no fast bfloat16 convolution and emulates it (about 10x slower): left out there unless asked
-  for with ``--variants``.
+  for with ``--variants`` or ``--accuracy`` (``precision: auto`` chooses bfloat16 only where it is native).
 
 Each variant of a round is timed after ``--warmup`` untimed steps; the ratio to the first variant ("torch
-defaults") is taken per round, then summarized as median (min–max). ``--accuracy`` trains torch's defaults and the
-package's defaults for one epoch on the first 48,000 training images (batch 128, the configs' optimizers) and tests
-on the 10,000 test images, for ``--seeds`` seeds.
+defaults") is taken per round, then summarized as median (min–max). ``--accuracy`` trains torch's defaults, the
+package's defaults and those in bfloat16 for one epoch on the first 48,000 training images (batch 128, the
+configs' optimizers) and tests on the 10,000 test images, for ``--seeds`` seeds, and says whether bfloat16's
+accuracies fall within float32's range.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ VARIANTS = {
 
 TRAIN_IMAGES = 48_000  # the first 48,000 training images train (Keras' validation_split=0.2 leaves them)
 
-# The variants whose 1-epoch accuracy --accuracy measures: torch's defaults, and what the package does by default.
-ACCURACY_VARIANTS = ("torch defaults", "+ channels_last (default)")
+# The variants whose 1-epoch accuracy --accuracy measures: torch's defaults, what the package does by default, and
+# that in bfloat16 (what `precision: auto` chooses on a CPU with bfloat16 instructions; measured on any CPU, since an
+# emulated bfloat16 is slow, not wrong).
+ACCURACY_VARIANTS = ("torch defaults", "+ channels_last (default)", "default + bf16")
 
 
 def native_bf16() -> bool:
@@ -196,7 +199,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_markdown_argument(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    names = args.variants or [n for n in VARIANTS if native_bf16() or not VARIANTS[n].bf16]
+    names = args.variants or [n for n in VARIANTS if native_bf16() or args.accuracy or not VARIANTS[n].bf16]
     variants = [VARIANTS[n] for n in names]
 
     data = load(args.data_dir)
@@ -241,7 +244,20 @@ def main(argv: Optional[list[str]] = None) -> None:
                 accs.setdefault(variant.name, [])
                 row += " " + (", ".join(f"{a:.4f}" for a in accs[variant.name]) or "–") + " |"
             report.print(row)
+        if accs.get("default + bf16") and accs.get("+ channels_last (default)"):
+            report.print("\n" + _bf16_parity(accs["+ channels_last (default)"], accs["default + bf16"]))
     report.write_markdown(args.markdown)
+
+
+def _bf16_parity(fp32: list[float], bf16: list[float]) -> str:
+    """Whether bfloat16's 1-epoch test accuracies fall within float32's spread over the same seeds."""
+    low, high = min(fp32), max(fp32)
+    inside = sum(low <= a <= high for a in bf16)
+    return (
+        f"bfloat16 vs float32, 1-epoch test accuracy over {len(bf16)} seeds: mean {statistics.mean(bf16):.4f} vs "
+        f"{statistics.mean(fp32):.4f} (difference {statistics.mean(bf16) - statistics.mean(fp32):+.4f}); "
+        f"{inside} of {len(bf16)} bfloat16 runs inside float32's range {low:.4f}–{high:.4f}."
+    )
 
 
 if __name__ == "__main__":

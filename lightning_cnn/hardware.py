@@ -1,5 +1,6 @@
-"""What the module adapts to the machine: the memory layout of the network's weights (channels_last on a CPU, with
-DDP-safe gradient strides) and a warning when bfloat16 would be emulated."""
+"""What adapts to the machine: the memory layout of the network's weights (channels_last on a CPU, with DDP-safe
+gradient strides), ``precision: auto`` (bfloat16 where the hardware computes it natively) and a warning when
+bfloat16 would be emulated."""
 
 from __future__ import annotations
 
@@ -10,12 +11,49 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-__all__ = ["cpu_has_native_bf16", "lay_out", "warn_if_bf16_is_emulated"]
+__all__ = ["auto_precision", "cpu_has_native_bf16", "lay_out", "warn_if_bf16_is_emulated"]
+
+#: The CPU flags (as Linux names them) of the bfloat16 instructions torch's CPU kernels use.
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that torch's CPU kernels use."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _cpu_bf16_flags() -> list[str]:
+    """Which of the bfloat16 flags the CPU reports (Linux's /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in _BF16_FLAGS if flag in flags]
+
+
+def auto_precision(accelerator: Any = "auto") -> tuple[str, str]:
+    """What ``trainer.precision: auto`` runs with on this machine, and why (for the start-up line).
+
+    ``bf16-mixed`` on a CUDA device that supports bfloat16 and on a CPU with bfloat16 instructions (AVX512-BF16 or
+    AMX), where it is faster at the same accuracy; ``32-true`` elsewhere: a CPU without them emulates bfloat16,
+    several times slower than float32, and Apple's MPS and older GPUs keep float32.
+
+    Args:
+        accelerator: ``trainer.accelerator`` as configured (``auto``, ``cpu``, ``gpu``, ``cuda``, ``mps``…).
+    """
+    name = accelerator if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    if name in ("gpu", "cuda", "cudaaccelerator") or (name == "auto" and torch.cuda.is_available()):
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "this GPU"
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed", f"{device} computes in bfloat16"
+        return "32-true", f"{device} has no bfloat16 support"
+    if name not in ("auto", "cpu", "cpuaccelerator"):
+        return "32-true", f"accelerator {name}: bfloat16 is chosen automatically on CUDA devices and CPUs only"
+    if cpu_has_native_bf16():
+        flags = _cpu_bf16_flags()
+        return "bf16-mixed", f"this CPU has bfloat16 instructions ({', '.join(flags) or 'found by oneDNN'})"
+    return "32-true", "this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): torch would emulate them, slowly"
 
 
 def warn_if_bf16_is_emulated(precision: str, device: torch.device) -> None:

@@ -48,13 +48,16 @@ from typing import Optional
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from machine import cpu_name  # noqa: E402  (the benchmarks' machine line; that folder is not a package)
+from machine import BF16_FLAGS, _cpu_flags, cpu_name  # noqa: E402  (benchmarks/machine.py; not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
 CONFIGS = REPO / "configs"
 DEFAULT_OUT = REPO / "docs" / "results" / "experiments.md"
 QUICK_OUT = "results-quick.md"
+#: ``--record``: the record recipe and the same recipe on its epoch schedule, measured seed for seed, in turns.
+RECORD_CONFIGS = (CONFIGS / "best_fashion_mnist.yaml", CONFIGS / "best_fashion_mnist_epochs.yaml")
+RECORD_OUT = REPO / "docs" / "results" / "record_runs.md"
 DEFAULT_RUNS_DIR = REPO / "runs"  # the CLI's own RUNS_DIR (lightning_cnn/cli/runs.py), at the repository root
 KERAS_RESULTS = REPO / "benchmarks" / "keras_results.json"
 #: The seed of every run unless ``--seeds`` or :data:`SEEDS` says otherwise (the CLI's own default).
@@ -62,6 +65,7 @@ DEFAULT_SEED = 42
 #: Experiments whose full-budget row is the mean over several seeds (a record is not one lucky draw).
 SEEDS: dict[str, tuple[int, ...]] = {
     "best_fashion_mnist": (42, 1, 2),
+    "best_fashion_mnist_epochs": (42, 1, 2),  # the record on its epoch schedule: its pair, seed for seed
 }
 #: The quick budget: a reusable trainer piece that cuts every run to a few batches (it also sets no progress bar).
 QUICK_TRAINER = CONFIGS / "trainer" / "smoke.yaml"
@@ -107,6 +111,9 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~])(?:~|/)(?:[^\s,;()'\"/]+/)+([^\s,;()'
 _TOTAL_PARAMS = re.compile(r"^Total params: ([\d,]+)", re.MULTILINE)
 _TRAINABLE_PARAMS = re.compile(r"^Trainable params: ([\d,]+)", re.MULTILINE)
 _GPU_USED = re.compile(r"GPU available: .*?, used: (\w+)")
+#: The line a run prints at the end of each training epoch (lightning_cnn/callbacks/progress.py), its time last.
+_EPOCH_LINE = re.compile(r"^epoch \d+(?:/\d+)?  .*  (?:(\d+) h (\d+) min|(?:(\d+) min )?(\d+) s)(?:  ETA .*)?$", re.M)
+_PRECISION = re.compile(r"^device: \w+, ([\w-]+), ", re.MULTILINE)
 
 OK, NOT_RUN, FAILED = "ok", "not run", "failed"
 
@@ -120,7 +127,11 @@ class Run:
     status: str = OK
     seconds: float = 0.0
     test_acc: Optional[float] = None
-    epochs: Optional[int] = None
+    #: Epochs trained, with the share of a last epoch that a time budget cut (29.5).
+    epochs: Optional[float] = None
+    #: The median time of the run's whole training epochs, seconds.
+    epoch_seconds: Optional[float] = None
+    precision: Optional[str] = None
     params: Optional[int] = None
     trainable: Optional[int] = None
     reason: str = ""
@@ -189,6 +200,9 @@ def run_one(config: Path, seed: int, runs_dir: Path, stamp: str, quick: bool, ex
     if process.returncode != 0:
         return _failed_run(run, process)
     run.params, run.trainable = _param_counts(process.stdout)
+    run.epoch_seconds = epoch_seconds(process.stdout)
+    precision = _PRECISION.search(process.stdout)
+    run.precision = precision.group(1) if precision else None
     metrics = runs_dir / name / version / "metrics.csv"
     run.test_acc, run.epochs = read_metrics(metrics) if metrics.is_file() else (None, None)
     if run.test_acc is None:
@@ -240,15 +254,31 @@ def _param_counts(stdout: str) -> tuple[Optional[int], Optional[int]]:
     return as_int(total), as_int(trainable)
 
 
-def read_metrics(path: Path) -> tuple[Optional[float], Optional[int]]:
-    """The last ``test/acc`` in a run's ``metrics.csv`` and the number of epochs it trained (epochs with a logged
-    end-of-epoch training metric: fewer than ``max_epochs`` when EarlyStopping or ``max_time`` stopped it)."""
+def read_metrics(path: Path) -> tuple[Optional[float], Optional[float]]:
+    """The last ``test/acc`` in a run's ``metrics.csv`` and the epochs it trained: those with a logged end-of-epoch
+    training metric (fewer than ``max_epochs`` when EarlyStopping or a time limit stopped it), the last counted by
+    its share of the first epoch's steps when a time budget cut it short (29.5)."""
     with open(path, newline="") as file:
         rows = list(csv.DictReader(file))
     accuracies = [float(row["test/acc"]) for row in rows if row.get("test/acc")]
     train_end = [key for key in (rows[0] if rows else {}) if key.startswith("train/") and key.endswith("_epoch")]
-    epochs = {row["epoch"] for row in rows if any(row.get(key) for key in train_end)}
-    return (accuracies[-1] if accuracies else None), len(epochs)
+    ends = {int(row["epoch"]): int(row["step"]) + 1 for row in rows if any(row.get(key) for key in train_end)}
+    epochs: float = len(ends)
+    if len(ends) > 1:  # steps at each epoch's end; the first epoch's are a whole epoch's
+        first, last = ends[min(ends)], max(ends)
+        cut = (ends[last] - ends[last - 1]) / first if last - 1 in ends else 1.0
+        epochs = len(ends) - 1 + round(cut, 2)
+    return (accuracies[-1] if accuracies else None), epochs
+
+
+def epoch_seconds(stdout: str) -> Optional[float]:
+    """The median duration of a run's whole training epochs, from the line it prints after each (the last epoch,
+    which a time budget may cut short, counts only when it is the only one)."""
+    times = []
+    for hours, minutes_h, minutes, seconds in _EPOCH_LINE.findall(stdout):
+        times.append(int(hours) * 3600 + int(minutes_h) * 60 if hours else int(minutes or 0) * 60 + int(seconds))
+    whole = times[:-1] or times
+    return statistics.median(whole) if whole else None
 
 
 # --- describing --------------------------------------------------------------------------------------------------
@@ -285,14 +315,19 @@ def _count(value: float) -> str:
     return f"{value:,.0f}"
 
 
+def _epochs(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
 def row_cells(row: Row) -> list[str]:
-    """The table cells of a row: config, data, seeds, epochs, wall time (s), test accuracy, parameters."""
+    """The table cells of a row: config, data, seeds, precision, epochs, epoch time (s), wall time (s), test
+    accuracy, parameters."""
     seeds = ", ".join(str(run.seed) for run in row.runs)
     head = [f"`{row.config}`", row.data, seeds]
     for status, label in ((FAILED, "**FAILED**"), (NOT_RUN, "not run here")):
         stopped = next((run for run in row.runs if run.status == status), None)
         if stopped is not None:
-            return [*head, "–", "–", f"{label}: {stopped.reason}", "–"]
+            return [*head, "–", "–", "–", "–", f"{label}: {stopped.reason}", "–"]
     runs = row.runs
     params = runs[0].params
     if params is None:
@@ -301,9 +336,13 @@ def row_cells(row: Row) -> list[str]:
         parameters = f"{params:,} ({runs[0].trainable:,} trainable)"
     else:
         parameters = f"{params:,}"
+    precisions = sorted({run.precision for run in runs if run.precision})
+    epoch_times = [run.epoch_seconds for run in runs if run.epoch_seconds is not None]
     return [
         *head,
-        spread([run.epochs or 0 for run in runs], _count),
+        ", ".join(precisions) or "?",
+        spread([run.epochs or 0 for run in runs], _epochs),
+        spread(epoch_times, _count) if epoch_times else "?",
         spread([run.seconds for run in runs], _count),
         spread([run.test_acc for run in runs if run.test_acc is not None], _accuracy),
         parameters,
@@ -338,7 +377,7 @@ def _keras_rows() -> list[tuple[str, float, Optional[str], str]]:
 
 def reference_table(rows: Sequence[Row]) -> list[str]:
     """Published accuracies beside the nearest experiment's row here, where one exists."""
-    ours = {row.config: row_cells(row)[5] for row in rows}
+    ours = {row.config: row_cells(row)[-2] for row in rows}
     lines = []
     for name, accuracy, config, note in (*REFERENCES, *_keras_rows()):
         nearest = f"`{config}`" + (f" ({note})" if note else "") if config else "–"
@@ -352,9 +391,11 @@ def machine_description(rows: Sequence[Row]) -> str:
     used = [run.gpu_used for row in rows for run in row.runs if run.gpu_used is not None]
     gpu = ("GPU used" if any(used) else "no GPU used") if used else "GPU use unknown"
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "pytorch-lightning"))
+    flags = _cpu_flags()
+    bf16 = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in BF16_FLAGS.items()) if flags else ""
     return (
-        f"{cpu_name()}, {os.cpu_count()} cores, {gpu}; {platform.system()}, Python {platform.python_version()}, "
-        f"{versions}"
+        f"{cpu_name()}{f' ({bf16})' if bf16 else ''}, {os.cpu_count()} cores, {gpu}; {platform.system()}, Python "
+        f"{platform.python_version()}, {versions}"
     )
 
 
@@ -400,11 +441,14 @@ def render(rows: Sequence[Row], argv: Sequence[str], quick: bool, when: datetime
         "Each run is one `python cli.py fit --config configs/<config>.yaml --seed_everything <seed>` in a process of "
         "its own; wall time runs from its launch to its exit (start-up and the final test included). Test accuracy "
         "is the best checkpoint's on the config's test split; epochs are those trained (EarlyStopping or a time "
-        "limit may stop a run early); parameters are Keras' count (BatchNorm's moving statistics included). "
-        "Several seeds: mean (min–max).",
+        "limit may stop a run early; a time budget's last epoch counts by the share it trained); epoch time is the "
+        "median of a run's whole epochs; precision is what the run trained in (`auto` chooses by the hardware); "
+        "parameters are Keras' count (BatchNorm's moving statistics included). Several seeds: mean (min–max); "
+        "configs with several seeds take turns, seed by seed.",
         "",
     ]
-    header = ["config", "data", "seeds", "epochs", "wall time (s)", "test accuracy", "parameters"]
+    header = ["config", "data", "seeds", "precision", "epochs", "epoch time (s)", "wall time (s)", "test accuracy",
+              "parameters"]  # fmt: skip
     lines += _markdown_table(header, [row_cells(row) for row in rows])
     lines += [
         "",
@@ -417,6 +461,38 @@ def render(rows: Sequence[Row], argv: Sequence[str], quick: bool, when: datetime
         "",
     ]
     return "\n".join(lines)
+
+
+def render_record(rows: Sequence[Row], argv: Sequence[str], when: datetime.datetime, quick: bool = False) -> str:
+    """``--record``'s fragment (included by docs/results/record.md): the pair's rows, then every run, in the order
+    they ran."""
+    lines = [
+        "<!-- Written by scripts/results.py --record: run the command again rather than edit this file. -->",
+        "",
+        *(["> **QUICK BUDGET — NOT RESULTS**: a few batches per run, to check that both configs run.", ""] * quick),
+        f"Measured on {when:%Y-%m-%d} ({when:%H:%M} {when.tzname() or 'local time'}) by `{public_command(argv)}`, "
+        "each run alone on the machine, the two configs taking turns seed by seed.",
+        "",
+        f"Machine: {machine_description(rows)}.",
+        "",
+    ]
+    header = ["config", "data", "seeds", "precision", "epochs", "epoch time (s)", "wall time (s)", "test accuracy",
+              "parameters"]  # fmt: skip
+    lines += _markdown_table(header, [row_cells(row) for row in rows])
+    runs = [run for _, run in sorted((order, run) for order, run in _in_run_order(rows))]
+    lines += ["", "Every run, in the order it ran:", ""]
+    lines += _markdown_table(
+        ["seed", "config", "epochs", "epoch time (s)", "wall time (s)", "test accuracy"],
+        [[str(run.seed), f"`{run.config}`", _epochs(run.epochs or 0),
+          _count(run.epoch_seconds) if run.epoch_seconds is not None else "?", _count(run.seconds),
+          _accuracy(run.test_acc) if run.test_acc is not None else run.status] for run in runs],
+    )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _in_run_order(rows: Sequence[Row]) -> list[tuple[tuple[int, int], Run]]:
+    """Each run with its place in :func:`run_order`: its seed's round, then its config's place."""
+    return [((i, c), run) for c, row in enumerate(rows) for i, run in enumerate(row.runs)]
 
 
 # --- command line ------------------------------------------------------------------------------------------------
@@ -439,11 +515,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     several = "; ".join(f"{name}: {', '.join(map(str, seeds))}" for name, seeds in SEEDS.items())
     parser.add_argument("--seeds", nargs="+", type=int, help=f"seeds for every config (default: {DEFAULT_SEED}, "
                         f"and in the full budget {several})")  # fmt: skip
+    parser.add_argument("--record", action="store_true", help="measure the record recipe against its epoch "
+                        f"schedule ({', '.join(c.name for c in RECORD_CONFIGS)}, seeds in turns) and write "
+                        f"{RECORD_OUT.relative_to(REPO)}, which docs/results/record.md includes")  # fmt: skip
     parser.add_argument("--runs-dir", type=Path, help="where run folders go (default: runs/ at the repository "
                         "root; with --quick a temporary folder, removed at the end)")  # fmt: skip
     args, extra = parser.parse_known_args(argv)
+    if args.record:
+        args.configs = args.configs or list(RECORD_CONFIGS)
     if args.out is None:
-        args.out = Path(QUICK_OUT) if args.quick else DEFAULT_OUT
+        args.out = Path(QUICK_OUT) if args.quick else RECORD_OUT if args.record else DEFAULT_OUT
     missing = [str(config) for config in args.configs or () if not config.is_file()]
     if missing:
         parser.error(f"--configs: no such file: {', '.join(missing)}")
@@ -453,17 +534,27 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def _progress(run: Run, index: int, total: int) -> None:
     where = f"[{index}/{total}] {run.config} seed {run.seed}"
     if run.status == OK:
-        epochs = f"{run.epochs} epoch" + ("s" if run.epochs != 1 else "")
-        print(f"{where}: test acc {run.test_acc:.4f}, {epochs}, {run.seconds:.0f} s", flush=True)
+        epochs = f"{_epochs(run.epochs or 0)} epoch" + ("s" if run.epochs != 1 else "")
+        per_epoch = f" ({run.epoch_seconds:.0f} s each)" if run.epoch_seconds is not None else ""
+        print(f"{where}: test acc {run.test_acc:.4f}, {epochs}{per_epoch}, {run.precision}, {run.seconds:.0f} s",
+              flush=True)  # fmt: skip
     else:
         print(f"{where}: {'not run here' if run.status == NOT_RUN else 'FAILED'}: {run.reason} "
               f"({run.seconds:.0f} s)", flush=True)  # fmt: skip
 
 
+def run_order(configs: Sequence[Path], seeds: Optional[Sequence[int]], quick: bool) -> list[tuple[Path, int]]:
+    """Each config's seeds, in turns: every config's first seed, then every config's second…, so configs measured
+    against each other (the record and its epoch schedule) alternate and share the machine's good and bad hours."""
+    per_config = [[(config, seed) for seed in seeds_for(config.stem, seeds, quick)] for config in configs]
+    rounds = max((len(runs) for runs in per_config), default=0)
+    return [runs[i] for i in range(rounds) for runs in per_config if i < len(runs)]
+
+
 def run_all(configs: Sequence[Path], args: argparse.Namespace, extra: Sequence[str], runs_dir: Path) -> list[Row]:
     """Every run of every config, in order, with a line printed as each starts and ends."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    plan = [(config, seed) for config in configs for seed in seeds_for(config.stem, args.seeds, args.quick)]
+    plan = run_order(configs, args.seeds, args.quick)
     rows = {config: Row(config.stem, data_description(config)) for config in configs}
     for index, (config, seed) in enumerate(plan, start=1):
         print(f"[{index}/{len(plan)}] {config.stem} seed {seed}: running ...", flush=True)
@@ -485,7 +576,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         rows = run_all(configs, args, extra, (args.runs_dir or DEFAULT_RUNS_DIR).resolve())
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    text = render(rows, argv, args.quick, when)
+    text = render_record(rows, argv, when, args.quick) if args.record else render(rows, argv, args.quick, when)
     args.out.write_text(text)
     print(f"Wrote {args.out}", flush=True)
     failed = [run for row in rows for run in row.runs if run.status == FAILED]

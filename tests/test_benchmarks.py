@@ -87,6 +87,15 @@ def test_speed_options_prints_a_row_per_variant_and_writes_them_as_markdown(tmp_
     assert "\n\n| variant | ms/step |" in text and all(f"\n{row}\n" in text for row in rows)
 
 
+def test_speed_options_says_whether_bf16_accuracy_is_within_float32s_spread():
+    assert "default + bf16" in speed_options.ACCURACY_VARIANTS
+    line = speed_options._bf16_parity([0.8429, 0.8694, 0.8550], [0.8500, 0.8710, 0.8600])
+    assert line == (
+        "bfloat16 vs float32, 1-epoch test accuracy over 3 seeds: mean 0.8603 vs 0.8558 (difference +0.0046); "
+        "2 of 3 bfloat16 runs inside float32's range 0.8429–0.8694."
+    )
+
+
 def test_inference_writes_its_table_as_a_markdown_fragment(tmp_path, capsys):
     fragment = tmp_path / "inference.md"
     argv = ["--rounds", "1", "--seconds", "0.02", "--markdown", str(fragment)]

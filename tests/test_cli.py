@@ -41,6 +41,7 @@ OFFLINE_OVERRIDES: dict[str, list[str]] = {
     ],
     # The fake MNIST set is too small for these configs' 200- and 5000-image validation splits.
     "best_fashion_mnist.yaml": ["--data.init_args.val_split", "20"],
+    "best_fashion_mnist_epochs.yaml": ["--data.init_args.val_split", "20"],
     "finetune_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
     "scratch_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],
     "finetune_augment_fashion_5to9.yaml": ["--data.init_args.val_split", "20", "--data.init_args.train_size", "50"],

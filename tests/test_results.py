@@ -4,8 +4,10 @@ The run over every shipped config on the real Fashion-MNIST is marked slow."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +35,9 @@ def test_quick_run_writes_a_figure_the_quick_banner_and_the_references(tmp_path,
 
     assert status == 0
     text = out.read_text()
-    config, dataset, seeds, epochs, seconds, accuracy, params = _row(text, "lenet_fashion_mnist")
-    assert (dataset, seeds, epochs, params) == ("Fashion-MNIST", "42", "1", "62,226")
+    config, dataset, seeds, precision, epochs, epoch_s, seconds, accuracy, params = _row(text, "lenet_fashion_mnist")
+    assert (dataset, seeds, precision, epochs, params) == ("Fashion-MNIST", "42", "32-true", "1", "62,226")
+    assert float(epoch_s) >= 0
     assert 0.0 <= float(accuracy) <= 1.0
     assert float(seconds) > 0
     assert "QUICK BUDGET — NOT RESULTS" in text
@@ -60,28 +63,89 @@ def test_missing_data_is_a_not_run_row_and_a_crash_fails_the_script(tmp_path, ca
 
     assert status == 1
     text = out.read_text()  # written all the same
-    assert _row(text, "lenet_mnist")[5] == "not run here: MNIST not found and data.download is false"
-    assert _row(text, "crashing")[5].startswith("**FAILED**: exit status 1: ")
-    assert "max_steps" in _row(text, "crashing")[5]
+    assert _row(text, "lenet_mnist")[7] == "not run here: MNIST not found and data.download is false"
+    assert _row(text, "crashing")[7].startswith("**FAILED**: exit status 1: ")
+    assert "max_steps" in _row(text, "crashing")[7]
     assert str(tmp_path) not in text
     err = capsys.readouterr().err
     assert "crashing (seed 42) FAILED" in err and 'File "' in err  # loud, with the end of the run's traceback
 
 
-def _run(seed: int, acc: float, epochs: int, seconds: float) -> results.Run:
+def _run(seed: int, acc: float, epochs: float, seconds: float, epoch_seconds: float = 60) -> results.Run:
     return results.Run("best_fashion_mnist", seed, seconds=seconds, test_acc=acc, epochs=epochs, params=1_500,
-                       trainable=1_400)  # fmt: skip
+                       trainable=1_400, epoch_seconds=epoch_seconds, precision="bf16-mixed")  # fmt: skip
 
 
 def test_several_seeds_read_as_mean_and_range():
     row = results.Row("best_fashion_mnist", "Fashion-MNIST", [_run(42, 0.93, 13, 800), _run(1, 0.95, 13, 820),
                                                               _run(2, 0.94, 11, 840)])  # fmt: skip
     assert results.row_cells(row) == [
-        "`best_fashion_mnist`", "Fashion-MNIST", "42, 1, 2", "12 (11–13)", "820 (800–840)",
+        "`best_fashion_mnist`", "Fashion-MNIST", "42, 1, 2", "bf16-mixed", "12.3 (11–13)", "60", "820 (800–840)",
         "0.9400 (0.9300–0.9500)", "1,500 (1,400 trainable)",
     ]  # fmt: skip
+    budgeted = results.Row("best_fashion_mnist", "Fashion-MNIST", [_run(42, 0.94, 29.5, 850, 27),
+                                                                   _run(1, 0.94, 30.25, 850, 26)])  # fmt: skip
+    assert results.row_cells(budgeted)[4:6] == ["29.9 (29.5–30.2)", "26 (26–27)"]
     assert results.spread([0.9312], results._accuracy) == "0.9312"
     assert results.spread([13, 13, 13], results._count) == "13"  # equal values once
+
+
+def _metrics_csv(path: Path, ends: list[tuple[int, int]]) -> Path:
+    """A metrics.csv with an end-of-epoch training row at each (epoch, step), then a test row."""
+    rows = ["epoch,step,test/acc,train/acc_epoch,val/acc"]
+    rows += [f"{epoch},{step},,0.9,0.9" for epoch, step in ends]
+    rows += [f"{ends[-1][0]},{ends[-1][1]},0.9412,,"]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_a_budget_cut_last_epoch_counts_by_its_share_of_steps(tmp_path):
+    # 430 steps an epoch (steps logged from 0); the budget ends the third epoch 215 steps in.
+    acc, epochs = results.read_metrics(_metrics_csv(tmp_path / "a.csv", [(0, 429), (1, 859), (2, 1074)]))
+    assert (acc, epochs) == (0.9412, 2.5)
+    assert results.read_metrics(_metrics_csv(tmp_path / "b.csv", [(0, 429), (1, 859)]))[1] == 2  # whole epochs
+    assert results.read_metrics(_metrics_csv(tmp_path / "c.csv", [(0, 99)]))[1] == 1  # one epoch: nothing to compare
+
+
+def test_epoch_time_is_the_median_of_the_whole_epochs_printed():
+    printed = "\n".join([
+        "run: runs/best_fashion_mnist/version_0",
+        "epoch 1  train loss 0.9000 acc 0.7000  val loss 0.5000 acc 0.8500  lr 2.99e-03  31 s",
+        "epoch 2/12  train loss 0.5000  val loss 0.4000 acc 0.8800  lr 2.90e-03  1 min 05 s  ETA 11 min 00 s",
+        "epoch 3  train loss 0.4000  val loss 0.3500 acc 0.8900  lr 2.80e-03  29 s",
+        "epoch 4  train loss 0.4000  val loss 0.3500 acc 0.8900  lr 1.00e-06  9 s",  # cut by the budget: left out
+    ])  # fmt: skip
+    assert results.epoch_seconds(printed) == 31
+    assert results.epoch_seconds("epoch 1  train loss 0.5  12 s") == 12
+    assert results.epoch_seconds("no epochs here") is None
+
+
+def test_configs_with_several_seeds_take_turns():
+    record, epochs = results.RECORD_CONFIGS
+    lenet = CONFIGS / "lenet_fashion_mnist.yaml"
+    order = [(config.stem, seed) for config, seed in results.run_order([record, epochs, lenet], None, quick=False)]
+    assert order == [
+        ("best_fashion_mnist", 42), ("best_fashion_mnist_epochs", 42), ("lenet_fashion_mnist", 42),
+        ("best_fashion_mnist", 1), ("best_fashion_mnist_epochs", 1),
+        ("best_fashion_mnist", 2), ("best_fashion_mnist_epochs", 2),
+    ]  # fmt: skip
+
+
+def test_the_record_fragment_lists_the_pair_and_every_run_in_order(monkeypatch):
+    rows = [results.Row("best_fashion_mnist", "Fashion-MNIST", [_run(42, 0.945, 31.5, 880, 25), _run(1, 0.947, 31.0, 881, 26)]),
+            results.Row("best_fashion_mnist_epochs", "Fashion-MNIST", [_run(42, 0.935, 12, 330, 25), _run(1, 0.936, 12, 335, 26)])]  # fmt: skip
+    rows[1].runs[0].config = rows[1].runs[1].config = "best_fashion_mnist_epochs"
+    when = datetime.datetime(2026, 12, 2, 15, 0, tzinfo=datetime.timezone.utc)
+    text = results.render_record(rows, ["--record"], when)
+    assert text.startswith("<!-- Written by scripts/results.py --record")
+    assert "Measured on 2026-12-02 (15:00 UTC) by `python scripts/results.py --record`" in text
+    assert "Machine: " in text and ("AVX512-BF16" in text or results._cpu_flags() is None)
+    assert "| `best_fashion_mnist` | Fashion-MNIST | 42, 1 | bf16-mixed | 31.2 (31–31.5) | 26 (25–26) |" in text
+    order = [line.split("|")[1:3] for line in text.splitlines() if line.startswith(("| 42 |", "| 1 |"))]
+    assert [[a.strip(), b.strip()] for a, b in order] == [
+        ["42", "`best_fashion_mnist`"], ["42", "`best_fashion_mnist_epochs`"],
+        ["1", "`best_fashion_mnist`"], ["1", "`best_fashion_mnist_epochs`"],
+    ]  # fmt: skip
 
 
 def test_seeds_follow_the_seeds_table_in_the_full_budget_only():
@@ -127,9 +191,9 @@ def test_quick_budget_over_every_config_on_the_real_data(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     text = out.read_text()
     for config in results.experiment_configs():
-        accuracy = _row(text, config.stem)[5]
+        accuracy = _row(text, config.stem)[7]
         assert accuracy.startswith("not run here: ") or 0.0 <= float(accuracy) <= 1.0, (config.stem, accuracy)
-    assert 0.0 <= float(_row(text, "lenet_fashion_mnist")[5]) <= 1.0  # the offline data is there: it must have run
+    assert 0.0 <= float(_row(text, "lenet_fashion_mnist")[7]) <= 1.0  # the offline data is there: it must have run
 
 
 def test_the_results_page_is_the_scripts_output():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import torch
 from jsonargparse import Namespace
@@ -60,6 +60,7 @@ from lightning_cnn.cli.runs import (
     _share_log_version,
 )
 from lightning_cnn.cli.tools import _TOOLS, ToolSubcommands
+from lightning_cnn.hardware import auto_precision
 from lightning_cnn.models.backbones import (
     skip_pretrained_weights,
 )
@@ -205,6 +206,7 @@ class CNNCLI(ToolSubcommands, ConfigChecks, LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         _keep_integer_batch_limits(parser)
+        _accept_auto_precision(parser)
         # Always-on callbacks, configured under their own top-level keys (`checkpoint:`), so an experiment's
         # `trainer.callbacks` list only holds what it adds (EarlyStopping, fine-tuning...).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -314,10 +316,17 @@ class CNNCLI(ToolSubcommands, ConfigChecks, LightningCLI):
         # `resume_checkpoint:` callbacks, which Lightning would otherwise refuse with a traceback.
         if config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, LightningModelCheckpoint)]
+        self._precision_note = None
+        if config.get("precision") == "auto":  # chosen here, so the run's config.yaml keeps `auto`
+            config = {**config}
+            config["precision"], why = auto_precision(config.get("accelerator", "auto"))
+            self._precision_note = f"precision auto: {config['precision']} ({why})"
         return super()._instantiate_trainer(config, callbacks)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if self._precision_note and trainer.is_global_zero:
+            print(self._precision_note, flush=True)
         _share_log_version(trainer)
         # Runs resumed mid-epoch draw the same random numbers as the run they continue.
         trainer.callbacks.append(RNGStateCheckpoint())
@@ -361,6 +370,14 @@ class CNNCLI(ToolSubcommands, ConfigChecks, LightningCLI):
             tested = f"the best checkpoint, {ckpt_path}" if ckpt_path else "the final weights (no checkpoint kept)"
             print(f"Testing {tested}", flush=True)
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path or None)
+
+
+def _accept_auto_precision(parser: Any) -> None:
+    """``trainer.precision`` also takes ``auto``: bfloat16 where the hardware has it, see
+    :func:`~lightning_cnn.hardware.auto_precision` (chosen when the trainer is built)."""
+    for action in parser._actions:
+        if action.dest == "trainer.precision":
+            action._typehint = Optional[Union[Literal["auto"], action._typehint]]
 
 
 def _keep_integer_batch_limits(parser: Any) -> None:

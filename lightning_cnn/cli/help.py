@@ -59,7 +59,8 @@ trainer and devices:
   --trainer.accelerator {cpu,gpu,auto}
   --trainer.devices N   devices per node (\"auto\": all)
   --trainer.num_nodes N
-  --trainer.precision {32-true,bf16-mixed,16-mixed}"""
+  --trainer.precision {auto,32-true,bf16-mixed,16-mixed}
+                        auto: bf16-mixed where the CPU or GPU computes bfloat16"""
 
 _SECTIONS = {
     "fit": (
