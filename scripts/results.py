@@ -58,6 +58,9 @@ QUICK_OUT = "results-quick.md"
 #: ``--record``: the record recipe and the same recipe on its epoch schedule, measured seed for seed, in turns.
 RECORD_CONFIGS = (CONFIGS / "best_fashion_mnist.yaml", CONFIGS / "best_fashion_mnist_epochs.yaml")
 RECORD_OUT = REPO / "docs" / "results" / "record_runs.md"
+README = REPO / "README.md"
+#: The README's record paragraph lies between these lines; ``--record`` rewrites it from its measurement.
+README_RECORD = ("<!-- record: written by scripts/results.py --record -->", "<!-- /record -->")
 DEFAULT_RUNS_DIR = REPO / "runs"  # the CLI's own RUNS_DIR (lightning_cnn/cli/runs.py), at the repository root
 KERAS_RESULTS = REPO / "benchmarks" / "keras_results.json"
 #: The seed of every run unless ``--seeds`` or :data:`SEEDS` says otherwise (the CLI's own default).
@@ -490,6 +493,45 @@ def render_record(rows: Sequence[Row], argv: Sequence[str], when: datetime.datet
     return "\n".join(lines) + "\n"
 
 
+def record_summary(rows: Sequence[Row]) -> str:
+    """The README's record paragraph: the recipe's mean test accuracy and range, its time, machine, precision and
+    epochs, and the epoch-schedule pair's accuracy."""
+    record, pair = rows[0], rows[1] if len(rows) > 1 else None
+    runs = [run for run in record.runs if run.test_acc is not None]
+    if not runs:
+        return "The record recipe did not run in its last measurement; see docs/results/record.md."
+    accs = [run.test_acc for run in runs]
+    cells = row_cells(record)
+    text = (
+        f"`python cli.py fit --config configs/best_fashion_mnist.yaml`: Fashion-MNIST test accuracy "
+        f"**{statistics.mean(accs):.4f}** (mean of {len(accs)} seeds, {min(accs):.4f}–{max(accs):.4f}) in "
+        f"{_count(max(run.seconds for run in runs))} s or less from launch to exit, on a {os.cpu_count()}-core "
+        f"{cpu_name()} ({cells[3]}, {cells[4]} epochs of {cells[5]} s)"
+    )
+    pair_accs = [run.test_acc for run in (pair.runs if pair else []) if run.test_acc is not None]
+    if pair_accs:
+        text += (
+            f"; on its 12-epoch schedule (`configs/{pair.config}.yaml`) the same recipe reached "
+            f"{statistics.mean(pair_accs):.4f} on the same seeds"
+        )
+    return text + ". [How it is built, and what else was tried](docs/results/record.md)."
+
+
+def write_readme_record(readme: Path, summary: str) -> None:
+    """Put ``summary`` between the README's record markers (its other lines stay as they are).
+
+    Raises:
+        SystemExit: If the README lacks the markers.
+    """
+    text = readme.read_text()
+    start, end = README_RECORD
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme.name} has no record paragraph between {start!r} and {end!r}")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{summary}\n{end}{tail}")
+
+
 def _in_run_order(rows: Sequence[Row]) -> list[tuple[tuple[int, int], Run]]:
     """Each run with its place in :func:`run_order`: its seed's round, then its config's place."""
     return [((i, c), run) for c, row in enumerate(rows) for i, run in enumerate(row.runs)]
@@ -579,6 +621,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = render_record(rows, argv, when, args.quick) if args.record else render(rows, argv, args.quick, when)
     args.out.write_text(text)
     print(f"Wrote {args.out}", flush=True)
+    if args.record and not args.quick:
+        write_readme_record(README, record_summary(rows))
+        print(f"Wrote the record paragraph of {README.name}", flush=True)
     failed = [run for row in rows for run in row.runs if run.status == FAILED]
     if failed:
         names = ", ".join(f"{run.config} (seed {run.seed})" for run in failed)

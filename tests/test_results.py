@@ -148,6 +148,26 @@ def test_the_record_fragment_lists_the_pair_and_every_run_in_order(monkeypatch):
     ]  # fmt: skip
 
 
+def test_the_readme_record_paragraph_is_rewritten_between_its_markers(tmp_path):
+    rows = [results.Row("best_fashion_mnist", "Fashion-MNIST", [_run(42, 0.9450, 31.5, 880, 25), _run(1, 0.9470, 31.0, 884, 26)]),
+            results.Row("best_fashion_mnist_epochs", "Fashion-MNIST", [_run(42, 0.9350, 12, 330, 25)])]  # fmt: skip
+    summary = results.record_summary(rows)
+    assert summary.startswith(
+        "`python cli.py fit --config configs/best_fashion_mnist.yaml`: Fashion-MNIST test accuracy **0.9460** (mean "
+        "of 2 seeds, 0.9450–0.9470) in 884 s or less from launch to exit, on a "
+    )
+    assert "(bf16-mixed, 31.2 (31–31.5) epochs of 26 (25–26) s)" in summary
+    assert "(`configs/best_fashion_mnist_epochs.yaml`) the same recipe reached 0.9350 on the same seeds" in summary
+    start, end = results.README_RECORD
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{start}\nold figures\n{end}\n\n## Next\n")
+    results.write_readme_record(readme, summary)
+    assert readme.read_text() == f"# Title\n\n{start}\n{summary}\n{end}\n\n## Next\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no record paragraph"):
+        results.write_readme_record(readme, summary)
+
+
 def test_seeds_follow_the_seeds_table_in_the_full_budget_only():
     assert results.seeds_for("best_fashion_mnist", None, quick=False) == (42, 1, 2)
     assert results.seeds_for("best_fashion_mnist", None, quick=True) == (42,)
