@@ -18,6 +18,7 @@ which is why the count is kept here, at the loader's output, not in the sampler.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator
 from typing import Any, Optional, Union
@@ -143,6 +144,10 @@ _AUTO_WORKERS_WITH_TRANSFORM = 4
 _PREFETCH_WITH_TRANSFORM = 4
 
 
+# How loader workers of file-decoding datasets start (None: the platform's default).
+_SAFE_START = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
 def loader_options(
     dataset: Any, num_workers: Optional[int], persistent_workers: Optional[bool], pin_memory: Optional[bool]
 ) -> dict[str, Any]:
@@ -155,7 +160,14 @@ def loader_options(
         workers = min(_AUTO_WORKERS_WITH_TRANSFORM, os.cpu_count() or 1) if busy else 0
     persistent = persistent_workers if persistent_workers is not None else workers > 0
     augmenting = busy and workers > 0
+    # Workers that decode files start from a fresh forkserver rather than by forking this process: a fork while
+    # another Python thread of it ends (a finished loader's, LitData's) can leave the worker deadlocked before it
+    # runs a line, on Python before 3.11.8 / 3.12.1 (CPython gh-112275; seen under DDP, between fit and test). Such
+    # a dataset is a list of files or shard positions, cheap to send to each worker; arrays in memory keep fork,
+    # which shares their pages instead of copying them.
+    start = _SAFE_START if dataset.decodes_files and workers > 0 else None
     return dict(
+        multiprocessing_context=start,
         num_workers=workers,
         persistent_workers=persistent and workers > 0,
         pin_memory=pin_memory if pin_memory is not None else torch.cuda.is_available(),
