@@ -200,3 +200,20 @@ def test_streamed_two_process_ddp_trains_the_one_process_model(tmp_path):
         run_cli(folder, "fit", "--config", str(config), *trainer)
         runs[name] = final_weights(folder)
     assert_same_weights(runs["two"], runs["one"], atol=1e-5)
+
+
+def test_workers_that_decode_files_start_from_a_forkserver_and_in_memory_ones_fork(tmp_path):
+    # A fork while another thread of the process ends can deadlock the new worker on Python < 3.11.8 (CPython
+    # gh-112275): file-decoding loaders, whose datasets are cheap to send, start their workers from a forkserver.
+    from lightning_cnn.data.sampling import loader_options
+
+    root = write_fake_image_folder(tmp_path / "ds", per_class=4)
+    streamed = _datamodule(root, in_memory=False, val_split=0.25, num_workers=1)
+    streamed.setup("fit")
+    in_memory = _datamodule(root, in_memory=True, val_split=0.25, num_workers=1)
+    in_memory.setup("fit")
+    assert loader_options(streamed.val_set, 1, None, False)["multiprocessing_context"] == "forkserver"
+    assert loader_options(streamed.val_set, 0, None, False)["multiprocessing_context"] is None  # no workers
+    assert loader_options(in_memory.val_set, 1, None, False)["multiprocessing_context"] is None
+    batch = next(iter(streamed.val_dataloader()))  # a worker started that way reads the files
+    assert batch[0].shape[0] == len(batch[1]) > 0
