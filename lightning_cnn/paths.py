@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,10 @@ def free_path(path: Path) -> Path:
 @contextmanager
 def written_whole(path: Path) -> Iterator[Path]:
     """Yield a temporary name beside ``path`` to write to; rename it over ``path`` once the block completes, and
-    delete it if the block fails, so a full disk or a crash never leaves a truncated ``path``."""
-    partial = path.with_name(f".{path.name}.partial")
+    delete it if the block fails, so a full disk or a crash never leaves a truncated ``path``. The name is this
+    process' and thread's own, so writers of the same file at once (two sweep workers ending together) each replace it
+    whole: the last rename wins."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
     try:
         yield partial
         os.replace(partial, path)

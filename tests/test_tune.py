@@ -424,3 +424,20 @@ def test_the_console_script_runs_tune_as_cli_py_does(tmp_path):
     result = subprocess.run([str(console), *args], cwd=tmp_path, capture_output=True, text=True, env=tune_env())
     assert result.returncode == 0, result.stderr[-2000:]
     assert "tune: checked; study 'search'" in result.stdout
+
+
+def test_two_writers_of_one_output_file_each_replace_it_whole(tmp_path, monkeypatch):
+    # Two tune processes ending together write the same plots: each writes under a name of its own, then renames.
+    from lightning_cnn import paths
+
+    target = tmp_path / "importances.png"
+    pids = iter([101, 202])
+    monkeypatch.setattr(paths.os, "getpid", lambda: next(pids))
+    with paths.written_whole(target) as first:
+        first.write_text("first")
+        with paths.written_whole(target) as second:
+            assert second != first
+            second.write_text("second")
+        assert target.read_text() == "second"
+    assert target.read_text() == "first"  # the last rename wins, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["importances.png"]  # no partial file left
