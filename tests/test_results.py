@@ -226,3 +226,16 @@ def test_the_results_page_is_the_scripts_output():
 def test_a_quick_check_never_replaces_the_real_table():
     assert results.parse_args(["--quick"])[0].out.name == "results-quick.md"
     assert results.parse_args([])[0].out == results.DEFAULT_OUT
+
+
+def test_the_readme_record_paragraph_and_the_record_page_are_the_scripts_output():
+    """README's record paragraph and docs/results/record_runs.md come from one `results.py --record` run: the same
+    mean test accuracy, and the page names its command, date and CPU."""
+    page = results.RECORD_OUT.read_text()
+    assert page.startswith("<!-- Written by scripts/results.py --record")
+    assert "by `python scripts/results.py --record`" in page and "Machine: " in page
+    accuracy = _row(page, "best_fashion_mnist")[7].split(" ")[0]
+    readme = results.README.read_text()
+    start, end = results.README_RECORD
+    paragraph = readme.split(start, 1)[1].split(end, 1)[0]
+    assert f"test accuracy **{accuracy}**" in paragraph
