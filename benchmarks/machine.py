@@ -53,14 +53,19 @@ def _cpu_flags() -> Optional[set[str]]:
     return None
 
 
-def machine_description(gpu: Optional[str] = None) -> str:
-    """The CPU's name, its logical cores, whether it has bfloat16 instructions, and ``gpu`` (the GPU a run used)."""
+def bf16_support() -> str:
+    """Whether the CPU reports each bfloat16 instruction set: ``"AVX512-BF16 yes, AMX no"`` (``unknown`` where the
+    flags cannot be read)."""
     flags = _cpu_flags()
-    bf16 = ", ".join(
+    return ", ".join(
         f"{name} {'unknown' if flags is None else 'yes' if flag in flags else 'no'}"
         for name, flag in BF16_FLAGS.items()
     )
-    return f"{cpu_name()}, {os.cpu_count()} logical cores ({bf16}); GPU: {gpu or 'none used'}"
+
+
+def machine_description(gpu: Optional[str] = None) -> str:
+    """The CPU's name, its logical cores, whether it has bfloat16 instructions, and ``gpu`` (the GPU a run used)."""
+    return f"{cpu_name()}, {os.cpu_count()} logical cores ({bf16_support()}); GPU: {gpu or 'none used'}"
 
 
 def software_versions() -> str:

@@ -38,10 +38,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from machine import Report, add_markdown_argument, cpu_name  # benchmarks/machine.py (on sys.path)
+from machine import Report, add_markdown_argument, bf16_support, cpu_name  # benchmarks/machine.py (on sys.path)
 from torch import Tensor, nn
 
 from lightning_cnn.data import FashionMNISTDataModule
+from lightning_cnn.hardware import cpu_has_native_bf16
 from lightning_cnn.models import BatchNormCNN, LeNet
 from lightning_cnn.models.layers import Dropout
 from lightning_cnn.regularization import L1L2, LayerRegularizers, regularization_loss
@@ -76,11 +77,6 @@ TRAIN_IMAGES = 48_000  # the first 48,000 training images train (Keras' validati
 # that in bfloat16 (what `precision: auto` chooses on a CPU with bfloat16 instructions; measured on any CPU, since an
 # emulated bfloat16 is slow, not wrong).
 ACCURACY_VARIANTS = ("torch defaults", "+ channels_last (default)", "default + bf16")
-
-
-def native_bf16() -> bool:
-    """Whether oneDNN has fast bfloat16 kernels on this CPU (AVX512-BF16 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def build(model: str, variant: Variant, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -199,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     add_markdown_argument(parser)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    names = args.variants or [n for n in VARIANTS if native_bf16() or args.accuracy or not VARIANTS[n].bf16]
+    names = args.variants or [n for n in VARIANTS if cpu_has_native_bf16() or args.accuracy or not VARIANTS[n].bf16]
     variants = [VARIANTS[n] for n in names]
 
     data = load(args.data_dir)
@@ -210,7 +206,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     report.print(
         f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} threads "
-        f"by default, native bfloat16: {'yes' if native_bf16() else 'no'}; batch {args.batch_size}, {args.steps} "
+        f"by default, native bfloat16: {'yes' if cpu_has_native_bf16() else 'no'} ({bf16_support()}); batch "
+        f"{args.batch_size}, {args.steps} "
         f"timed steps after {args.warmup}, {args.rounds} rounds, variants alternating; median (min–max)"
     )
     for model in args.models:

@@ -48,7 +48,7 @@ from typing import Optional
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from machine import BF16_FLAGS, _cpu_flags, cpu_name  # noqa: E402  (benchmarks/machine.py; not a package)
+from machine import bf16_support, cpu_name  # noqa: E402  (benchmarks/machine.py; not a package)
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "cli.py"
@@ -394,10 +394,8 @@ def machine_description(rows: Sequence[Row]) -> str:
     used = [run.gpu_used for row in rows for run in row.runs if run.gpu_used is not None]
     gpu = ("GPU used" if any(used) else "no GPU used") if used else "GPU use unknown"
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "pytorch-lightning"))
-    flags = _cpu_flags()
-    bf16 = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in BF16_FLAGS.items()) if flags else ""
     return (
-        f"{cpu_name()}{f' ({bf16})' if bf16 else ''}, {os.cpu_count()} cores, {gpu}; {platform.system()}, Python "
+        f"{cpu_name()} ({bf16_support()}), {os.cpu_count()} cores, {gpu}; {platform.system()}, Python "
         f"{platform.python_version()}, {versions}"
     )
 

@@ -559,3 +559,65 @@ def test_an_int_shift_range_draws_whole_pixels_as_keras(shift_range, expected):
     if shift_range == 3:  # each whole pixel about equally often, 0 twice as often as each signed value
         counts = {v: int((params.shift_x == v).sum()) for v in expected}
         assert counts[0] == pytest.approx(4000 / 3, rel=0.1) and counts[2] == pytest.approx(4000 / 6, rel=0.15)
+
+
+# --- random erasing ------------------------------------------------------------------------------------------------
+
+
+def _erased(images: np.ndarray) -> list[np.ndarray]:
+    """Per image, the boolean mask of its black pixels (the images are a uniform grey before erasing)."""
+    return [image.reshape(image.shape[0], image.shape[1], -1).max(axis=2) == 0 for image in images]
+
+
+def _box_shape(mask: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(mask)
+    # A single filled rectangle: its bounding box is all black.
+    assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+
+@pytest.mark.parametrize("mode", ["per_sample", "batched"])
+def test_random_erasing_paints_one_black_rectangle_of_the_documented_size_with_its_probability(mode):
+    n, size, probability = 400, 28, 0.5
+    grey = np.full((n, size, size, 1), 128, np.uint8)
+    augmentation = KerasAugmentation(mode=mode, random_erasing=probability)
+    if mode == "batched":
+        mean, std = torch.tensor([0.3]).reshape(1, 1, 1, 1), torch.tensor([0.4]).reshape(1, 1, 1, 1)
+        transform = augmentation.batch_transform(5, mean, std)
+        x = (torch.from_numpy(grey).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        out = ((transform(x) * std + mean) * 255).round().permute(0, 2, 3, 1).numpy()
+    else:
+        transform = augmentation.per_sample_transform(5)
+        out = np.stack([transform(image=image)["image"] for image in grey])
+    masks = _erased(out)
+    erased = [m for m in masks if m.any()]
+    assert len(erased) / n == pytest.approx(probability, abs=0.08)
+    untouched = out[[not m.any() for m in masks]]
+    assert (untouched == 128).all()  # the other images keep every pixel
+    shapes = [_box_shape(m) for m in erased]
+    areas = np.array([h * w for h, w in shapes]) / size**2
+    ratios = np.array([h / w for h, w in shapes])
+    # 2-33% of the area, height/width 0.3-3.3, up to rounding to whole pixels.
+    assert areas.min() >= 0.01 and areas.max() <= 0.38 and np.median(areas) == pytest.approx(0.175, abs=0.06)
+    assert ratios.min() >= 0.25 and ratios.max() <= 4.0 and (ratios < 1).any() and (ratios > 1).any()
+    assert len({m.tobytes() for m in erased}) > 0.9 * len(erased)  # drawn per image
+
+
+def test_random_erasing_comes_after_the_keras_draws_and_leaves_them_unchanged():
+    x = torch.rand(16, 1, 28, 28)
+    plain = BatchedKerasAugment(width_shift_range=3, horizontal_flip=True, seed=11)
+    erasing = BatchedKerasAugment(width_shift_range=3, horizontal_flip=True, seed=11, random_erasing=1.0)
+    a, b = plain(x), erasing(x)
+    kept = b != 0
+    torch.testing.assert_close(a[kept], b[kept], rtol=0, atol=0)
+    assert (~kept).flatten(1).any(1).all()  # every image got its rectangle
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, True, "0.5"])
+def test_a_bad_random_erasing_probability_fails_in_one_line_naming_it(value):
+    for mode in ("per_sample", "batched"):
+        with pytest.raises(ValueError, match=rf"^random_erasing={value!r}; use a probability from 0 to 1") as err:
+            KerasAugmentation(mode=mode, random_erasing=value)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^random_erasing="):
+        BatchedKerasAugment(random_erasing=value)

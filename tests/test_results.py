@@ -139,7 +139,7 @@ def test_the_record_fragment_lists_the_pair_and_every_run_in_order(monkeypatch):
     text = results.render_record(rows, ["--record"], when)
     assert text.startswith("<!-- Written by scripts/results.py --record")
     assert "Measured on 2026-12-02 (15:00 UTC) by `python scripts/results.py --record`" in text
-    assert "Machine: " in text and ("AVX512-BF16" in text or results._cpu_flags() is None)
+    assert "Machine: " in text and "(AVX512-BF16 " in text and ", AMX " in text
     assert "| `best_fashion_mnist` | Fashion-MNIST | 42, 1 | bf16-mixed | 31.2 (31–31.5) | 26 (25–26) |" in text
     order = [line.split("|")[1:3] for line in text.splitlines() if line.startswith(("| 42 |", "| 1 |"))]
     assert [[a.strip(), b.strip()] for a, b in order] == [

@@ -1,4 +1,5 @@
-"""Keras' ``ImageDataGenerator`` on a whole float batch on the training device (``affine_grid`` + ``grid_sample``).
+"""Keras' ``ImageDataGenerator`` on a whole float batch on the training device (``affine_grid`` + ``grid_sample``),
+then, optionally, random erasing.
 
 For small images, where per-sample work in a DataLoader worker costs more than the model's step. Needs no
 Albumentations or OpenCV.
@@ -6,6 +7,7 @@ Albumentations or OpenCV.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import numpy as np
@@ -17,6 +19,19 @@ from lightning_cnn.augmentation.keras import ImageDataGeneratorArgs, KerasParams
 from lightning_cnn.augmentation.seeding import draw_seed
 
 __all__ = ["BatchedKerasAugment"]
+
+# Random erasing (Zhong et al., 2017): the rectangle covers this share of the image's area, with this range of
+# height/width ratios (drawn on a log scale), as torchvision's and Albumentations' defaults.
+ERASING_SCALE = (0.02, 0.33)
+ERASING_RATIO = (0.3, 3.3)
+
+
+def check_probability(value: float, name: str) -> float:
+    """``value`` if it is a probability, else a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r}; use a probability from 0 to 1 (0.5 erases one image in two on average).")
+    return float(value)
+
 
 # grid_sample has no periodic padding; 'constant' is done by shifting the batch by the fill value (see below).
 _GRID_PADDING = {"nearest": "border", "reflect": "reflection", "constant": "zeros"}
@@ -40,16 +55,21 @@ class BatchedKerasAugment:
     GPU. ``nearest`` fill is the grid's border padding (edge replicate), which commutes with per-channel
     normalization, so the batch may be normalized already.
 
+    With ``random_erasing > 0``, each image then has that probability of one rectangle painted black (pixel value
+    0, through ``mean``/``std``), 2–33% of its area, height/width ratio 0.3–3.3: random erasing, which is not an
+    ``ImageDataGenerator`` argument. Its draws come after the Keras ones, so those stay the same.
+
     Args:
         seed: Seed of the draws; ``None`` takes one from torch's global generator.
         mean: Per-channel mean the batch was normalized with (``(1, C, 1, 1)`` or ``None`` for plain /255).
         std: Per-channel std, with ``mean``.
+        random_erasing: Probability that an image gets one black rectangle (0: none).
         **keras_args: The arguments of :class:`~lightning_cnn.augmentation.ImageDataGeneratorArgs`; ``fill_mode``
             ``"nearest"``, ``"constant"`` or ``"reflect"`` (grid sampling cannot wrap), ``cval`` mapped through
             ``mean``/``std``.
 
     Raises:
-        ValueError: On a bad range or ``fill_mode="wrap"``.
+        ValueError: On a bad range, ``fill_mode="wrap"`` or a ``random_erasing`` outside [0, 1].
     """
 
     def __init__(
@@ -58,14 +78,20 @@ class BatchedKerasAugment:
         seed: Optional[int] = None,
         mean: Optional[Tensor] = None,
         std: Optional[Tensor] = None,
+        random_erasing: float = 0.0,
         **keras_args: Any,
     ) -> None:
         self.keras = ImageDataGeneratorArgs(**keras_args)
         _check_fill_mode(self.keras.fill_mode, tuple(_GRID_PADDING))
-        fill = torch.tensor(self.keras.cval / 255.0)
-        if mean is not None:
-            fill = (fill - mean) / std
-        self.fill = fill.reshape(1, -1, 1, 1) if fill.ndim else fill.reshape(1, 1, 1, 1)
+        self.random_erasing = check_probability(random_erasing, "random_erasing")
+
+        def pixel(value: float) -> Tensor:  # a pixel value in [0, 1] as it reads in the (normalized) batch
+            t = torch.tensor(value)
+            t = (t - mean) / std if mean is not None else t
+            return t.reshape(1, -1, 1, 1) if t.ndim else t.reshape(1, 1, 1, 1)
+
+        self.fill = pixel(self.keras.cval / 255.0)
+        self.black = pixel(0.0)
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, ()))
         self.seed = seed
@@ -113,5 +139,24 @@ class BatchedKerasAugment:
             return F.grid_sample(x - fill, grid.to(x.dtype), "bilinear", padding, align_corners=False) + fill
         return F.grid_sample(x, grid.to(x.dtype), "bilinear", padding, align_corners=False)
 
+    def erase(self, x: Tensor) -> Tensor:
+        """Paint one random black rectangle into each image of ``x`` with probability ``random_erasing``."""
+        n, _, height, width = x.shape
+        u = torch.rand(n, 5, generator=self.generator, dtype=torch.float64)
+        area = (ERASING_SCALE[0] + u[:, 0] * (ERASING_SCALE[1] - ERASING_SCALE[0])) * height * width
+        log_lo, log_hi = math.log(ERASING_RATIO[0]), math.log(ERASING_RATIO[1])
+        ratio = torch.exp(log_lo + u[:, 1] * (log_hi - log_lo))
+        h = (area * ratio).sqrt().round().clamp(1, height)
+        w = (area / ratio).sqrt().round().clamp(1, width)
+        top = (u[:, 2] * (height - h + 1)).floor()
+        left = (u[:, 3] * (width - w + 1)).floor()
+        ys = torch.arange(height, dtype=torch.float64)
+        xs = torch.arange(width, dtype=torch.float64)
+        rows = (ys >= top[:, None]) & (ys < (top + h)[:, None])  # (N, H)
+        cols = (xs >= left[:, None]) & (xs < (left + w)[:, None])  # (N, W)
+        mask = rows[:, :, None] & cols[:, None, :] & (u[:, 4] < self.random_erasing)[:, None, None]
+        return torch.where(mask[:, None].to(x.device), self.black.to(x.device, x.dtype), x)
+
     def __call__(self, x: Tensor) -> Tensor:
-        return self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1]))
+        out = self.apply(x, self.sample(x.shape[0], x.shape[-2], x.shape[-1]))
+        return self.erase(out) if self.random_erasing else out

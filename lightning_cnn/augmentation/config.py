@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from lightning_cnn.augmentation.batched import BatchedKerasAugment
+from lightning_cnn.augmentation.batched import BatchedKerasAugment, check_probability
 from lightning_cnn.augmentation.keras import ImageDataGeneratorArgs
 
 # per_sample and pipeline are imported where a per-sample pipeline is built: they load Albumentations and OpenCV
@@ -65,13 +65,18 @@ class KerasAugmentation(ImageDataGeneratorArgs, Augmentation):
             uint8 image in the DataLoader workers; ``"batched"``: :class:`BatchedKerasAugment` on each float batch
             on the training device, after the transfer — much faster for small images and small networks, but
             without ``fill_mode: wrap``.
+        random_erasing: Not an ``ImageDataGenerator`` argument: after the Keras transform, the probability that
+            an image gets one black rectangle covering 2–33% of it, height/width ratio 0.3–3.3 (random erasing,
+            Zhong et al. 2017; ``Erasing`` in Albumentations per sample, the same ranges on the batch). 0: off.
         seed: See :class:`Augmentation`.
 
     Raises:
-        ValueError: On a bad range, an unknown ``fill_mode``/``mode``, or ``wrap`` with ``batched``.
+        ValueError: On a bad range, an unknown ``fill_mode``/``mode``, ``wrap`` with ``batched``, or a
+            ``random_erasing`` outside [0, 1].
     """
 
     mode: Literal["per_sample", "batched"] = "per_sample"
+    random_erasing: float = 0.0
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -80,8 +85,9 @@ class KerasAugmentation(ImageDataGeneratorArgs, Augmentation):
                 f"mode={self.mode!r}; choose 'per_sample' (DataLoader workers) or 'batched' (on the device)."
             )
         super().__post_init__()
+        check_probability(self.random_erasing, "random_erasing")
         if self.mode == "batched":  # grid sampling cannot wrap: fail when the config is read, not at the first batch
-            BatchedKerasAugment(**self.as_kwargs(), seed=0)
+            BatchedKerasAugment(**self.as_kwargs(), random_erasing=self.random_erasing, seed=0)
 
     def per_sample_transform(self, seed: int) -> Optional[_CheckedPipeline]:
         if self.mode != "per_sample":
@@ -89,14 +95,16 @@ class KerasAugmentation(ImageDataGeneratorArgs, Augmentation):
         from lightning_cnn.augmentation.per_sample import keras_pipeline
         from lightning_cnn.augmentation.pipeline import _CheckedPipeline
 
-        return _CheckedPipeline(keras_pipeline(**self.as_kwargs(), seed=seed))
+        return _CheckedPipeline(keras_pipeline(**self.as_kwargs(), random_erasing=self.random_erasing, seed=seed))
 
     def batch_transform(
         self, seed: int, mean: Optional[Tensor] = None, std: Optional[Tensor] = None
     ) -> Optional[BatchedKerasAugment]:
         if self.mode != "batched":
             return None
-        return BatchedKerasAugment(**self.as_kwargs(), seed=seed, mean=mean, std=std)
+        return BatchedKerasAugment(
+            **self.as_kwargs(), random_erasing=self.random_erasing, seed=seed, mean=mean, std=std
+        )
 
 
 class AlbumentationsAugmentation(Augmentation):

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 from albumentations.core.transforms_interface import BasicTransform
 
+from lightning_cnn.augmentation.batched import ERASING_RATIO, ERASING_SCALE, check_probability
 from lightning_cnn.augmentation.keras import ImageDataGeneratorArgs, keras_pixel_matrix
 from lightning_cnn.augmentation.seeding import _seeded
 
@@ -87,13 +88,16 @@ class KerasAffine(A.DualTransform):
         return self.keras.as_kwargs(flips=False)  # what ``A.to_dict`` writes and ``build_pipeline`` reads back
 
 
-def keras_pipeline(*, seed: Optional[int] = None, **keras_args: Any) -> A.Compose:
+def keras_pipeline(*, seed: Optional[int] = None, random_erasing: float = 0.0, **keras_args: Any) -> A.Compose:
     """``ImageDataGenerator(...)``'s geometric arguments as an Albumentations pipeline (per sample, uint8 HWC).
 
-    Keras' order: the affine part, then each flip with probability 0.5.
+    Keras' order: the affine part, then each flip with probability 0.5; then, if ``random_erasing`` > 0,
+    Albumentations' ``Erasing`` (one black rectangle, with that probability).
 
     Args:
         seed: Seed of the pipeline's random draws (one stream shared by all transforms).
+        random_erasing: Probability of one black rectangle per image (see
+            :class:`~lightning_cnn.augmentation.KerasAugmentation`); 0: none.
         **keras_args: The arguments of :class:`~lightning_cnn.augmentation.ImageDataGeneratorArgs`.
 
     Raises:
@@ -107,4 +111,6 @@ def keras_pipeline(*, seed: Optional[int] = None, **keras_args: Any) -> A.Compos
         transforms.append(A.HorizontalFlip(p=0.5))
     if keras.vertical_flip:
         transforms.append(A.VerticalFlip(p=0.5))
+    if check_probability(random_erasing, "random_erasing"):
+        transforms.append(A.Erasing(scale=ERASING_SCALE, ratio=ERASING_RATIO, fill=0, p=random_erasing))
     return _seeded(A.Compose(transforms), seed)
