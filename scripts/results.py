@@ -509,7 +509,7 @@ def record_summary(rows: Sequence[Row]) -> str:
     pair_accs = [run.test_acc for run in (pair.runs if pair else []) if run.test_acc is not None]
     if pair_accs:
         text += (
-            f"; on its 12-epoch schedule (`configs/{pair.config}.yaml`) the same recipe reached "
+            f"; its 12-epoch variant (`configs/{pair.config}.yaml`) reached "
             f"{statistics.mean(pair_accs):.4f} on the same seeds"
         )
     return text + ". [How it is built, and what else was tried](docs/results/record.md)."

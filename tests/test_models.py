@@ -148,7 +148,7 @@ def test_stride_per_layer_and_strided_model_matches_keras_counts():
 def test_pooling_per_block_global_pooling_and_batch_norm_before_activation_match_keras():
     # Keras 3.15.1, 28×28×1: 5 × [Conv2D(f, 3, "same") → BatchNormalization → Activation("relu") → MaxPooling2D(2)
     # after blocks 1 and 3] with f = 24, 48, 48, 96, 96 → GlobalAveragePooling2D → Dropout(0.2) → Dense(10):
-    # 158,266 parameters, 624 of them non-trainable (configs/best_fashion_mnist.yaml's network).
+    # 158,266 parameters, 624 of them non-trainable (configs/best_fashion_mnist_epochs.yaml's network).
     net = ConvNet(filters=[24, 48, 48, 96, 96], kernel_size=3, padding="same", pool_size=[2, 0, 2, 0, 0],
                   batch_norm=True, batch_norm_before_activation=True, global_pool="avg", head_dropout=0.2,
                   dense_units=[])  # fmt: skip

@@ -157,7 +157,7 @@ def test_the_readme_record_paragraph_is_rewritten_between_its_markers(tmp_path):
         "of 2 seeds, 0.9450–0.9470) in 884 s or less from launch to exit, on a "
     )
     assert "(bf16-mixed, 31.2 (31–31.5) epochs of 26 (25–26) s)" in summary
-    assert "(`configs/best_fashion_mnist_epochs.yaml`) the same recipe reached 0.9350 on the same seeds" in summary
+    assert "its 12-epoch variant (`configs/best_fashion_mnist_epochs.yaml`) reached 0.9350 on the same seeds" in summary
     start, end = results.README_RECORD
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{start}\nold figures\n{end}\n\n## Next\n")
