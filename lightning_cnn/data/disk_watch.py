@@ -5,17 +5,23 @@ of space, one of them blocks on a pipe that nobody reads and the call never retu
 the free space before it starts, but the disk can still fill while it writes (another job writing to it, an
 estimate that fell short). :class:`FullDiskWatch` looks at the disk while the writers run: a disk with almost no
 space left on which the written bytes have stopped growing is a full disk, not a slow one, and the watch ends
-every process below this one so that the call returns and the caller can say what happened.
+every process started below this one so that the call returns and the caller can say what happened.
+
+LitData sometimes sees the failed write itself: it then ends its workers and raises, but the workers' own children
+live on, orphaned, and keep the caller's output pipes open. While the watch runs, this process adopts such orphans
+(Linux), and a block that ends in an error ends them too: nothing started inside the block outlives it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +33,8 @@ __all__ = ["FullDiskWatch"]
 
 class FullDiskWatch:
     """``with FullDiskWatch(folder):`` around a write into ``folder`` by child processes; the block ends in
-    ``OSError(ENOSPC)`` naming ``where`` when the disk filled up and the writers were stopped.
+    ``OSError(ENOSPC)`` naming ``where`` when the disk filled up (the watch stopped the writers, or they failed on
+    it themselves). A block that ends in an error leaves no process it started running.
 
     Args:
         folder: Where the children write (an existing folder).
@@ -48,12 +55,14 @@ class FullDiskWatch:
     ) -> None:
         self.folder, self.where = Path(folder), Path(where or folder)
         self.low_bytes, self.stalled_s, self.poll_s = low_bytes, stalled_s, poll_s
-        #: Whether the writers were stopped on a full disk.
+        #: Whether the block ended on a full disk.
         self.stopped = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="full-disk-watch", daemon=True)
 
     def __enter__(self) -> FullDiskWatch:
+        self._before = set(_descendants())  # already running before the block: never stopped
+        self._was_subreaper = _adopt_orphans(True)
         self._thread.start()
         return self
 
@@ -62,6 +71,12 @@ class FullDiskWatch:
     ) -> None:
         self._done.set()
         self._thread.join()
+        try:
+            if error is not None and not self.stopped:
+                _stop_descendants(self._before)  # what the failed writers left behind
+                self.stopped = _disk_was_full(error)
+        finally:
+            _adopt_orphans(self._was_subreaper)
         if self.stopped:
             raise OSError(
                 errno.ENOSPC, "No space left on device (the disk filled while writing)", str(self.where)
@@ -78,7 +93,7 @@ class FullDiskWatch:
                 written, unchanged_since = now_written, time.monotonic()
             elif time.monotonic() - unchanged_since >= self.stalled_s:
                 self.stopped = True
-                _stop_descendants()
+                _stop_descendants(self._before)
                 return
 
 
@@ -91,9 +106,36 @@ def _bytes_under(folder: Path) -> int:
     return total
 
 
-def _stop_descendants() -> None:
-    """Kill every process below this one: the writers and the processes they started (on Linux, found through
-    /proc; elsewhere this process' own children)."""
+def _disk_was_full(error: BaseException) -> bool:
+    """Whether ``error`` or an error behind it is ENOSPC; LitData passes a writer's failure on as the text of its
+    traceback inside a RuntimeError."""
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if f"[Errno {errno.ENOSPC}]" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _adopt_orphans(on: bool) -> bool:
+    """Make this process the parent of its descendants' orphans while ``on`` (Linux's child subreaper; elsewhere
+    nothing), so that they can still be found below it; returns the previous setting."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = ctypes.c_int(0)
+    libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(previous), 0, 0, 0)
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)
+    return bool(previous.value)
+
+
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37  # from linux/prctl.h
+
+
+def _descendants() -> list[int]:
+    """Every process below this one (on Linux, found through /proc; elsewhere this process' own children)."""
     children: dict[int, list[int]] = {}
     if os.path.isdir("/proc"):
         for entry in os.scandir("/proc"):
@@ -105,12 +147,24 @@ def _stop_descendants() -> None:
                 parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
                 children.setdefault(parent, []).append(int(entry.name))
     pids = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
-    found, frontier = set(pids), [os.getpid(), *pids]
+    found, frontier = list(dict.fromkeys(pids)), [os.getpid(), *pids]
     while frontier:
         for child in children.get(frontier.pop(), []):
             if child not in found:
-                found.add(child)
+                found.append(child)
                 frontier.append(child)
-    for pid in found:
+    return found
+
+
+def _stop_descendants(keep: set[int]) -> None:
+    """Kill every process below this one but those in ``keep``, and collect the exit status of those that became
+    this process' children as orphans (multiprocessing collects its own)."""
+    managed = {p.pid for p in multiprocessing.active_children()}
+    stopped = [pid for pid in _descendants() if pid not in keep]
+    for pid in stopped:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    for pid in stopped:
+        if pid not in managed:
+            with contextlib.suppress(ChildProcessError):  # not a child of this process
+                os.waitpid(pid, 0)
