@@ -61,7 +61,7 @@ class FullDiskWatch:
         self._thread = threading.Thread(target=self._watch, name="full-disk-watch", daemon=True)
 
     def __enter__(self) -> FullDiskWatch:
-        self._before = set(_descendants())  # already running before the block: never stopped
+        self._before = _descendants()  # already running before the block: never stopped
         self._was_subreaper = _adopt_orphans(True)
         self._thread.start()
         return self
@@ -111,9 +111,7 @@ def _disk_was_full(error: BaseException) -> bool:
     traceback inside a RuntimeError."""
     seen: Optional[BaseException] = error
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        if f"[Errno {errno.ENOSPC}]" in str(seen):
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or f"[Errno {errno.ENOSPC}]" in str(seen):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -134,7 +132,7 @@ def _adopt_orphans(on: bool) -> bool:
 _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37  # from linux/prctl.h
 
 
-def _descendants() -> list[int]:
+def _descendants() -> set[int]:
     """Every process below this one (on Linux, found through /proc; elsewhere this process' own children)."""
     children: dict[int, list[int]] = {}
     if os.path.isdir("/proc"):
@@ -147,11 +145,11 @@ def _descendants() -> list[int]:
                 parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
                 children.setdefault(parent, []).append(int(entry.name))
     pids = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
-    found, frontier = list(dict.fromkeys(pids)), [os.getpid(), *pids]
+    found, frontier = set(pids), [os.getpid(), *pids]
     while frontier:
         for child in children.get(frontier.pop(), []):
             if child not in found:
-                found.append(child)
+                found.add(child)
                 frontier.append(child)
     return found
 
